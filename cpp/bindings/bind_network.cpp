@@ -1,0 +1,242 @@
+// Binds Network<float> and Network<double> as _core.Network32 / _core.Network64.
+// Compute runs with the GIL released; fit_epoch checks for Ctrl-C about every 20 ms by taking the
+// GIL briefly and asking Python whether a signal is pending.
+#include <pybind11/stl.h>
+
+#include <chrono>
+
+#include "chainrule/network.hpp"
+#include "common.hpp"
+
+using namespace chainrule;
+
+namespace {
+
+LayerSpec spec_from_dict(const py::dict& d) {
+  LayerSpec s;
+  s.kind = d["kind"].cast<std::string>();
+  if (d.contains("in_features")) s.in_features = d["in_features"].cast<index_t>();
+  if (d.contains("out_features")) s.out_features = d["out_features"].cast<index_t>();
+  if (d.contains("bias")) s.bias = d["bias"].cast<bool>();
+  if (d.contains("activation")) s.activation = activation_from_name(d["activation"].cast<std::string>());
+  if (d.contains("negative_slope")) s.negative_slope = d["negative_slope"].cast<double>();
+  return s;
+}
+
+OptimizerConfig optimizer_from_dict(const py::dict& d) {
+  OptimizerConfig o;
+  const std::string kind = d["kind"].cast<std::string>();
+  auto get = [&](const char* k, double def) { return d.contains(k) ? d[k].cast<double>() : def; };
+  auto getb = [&](const char* k) { return d.contains(k) ? d[k].cast<bool>() : false; };
+  if (kind == "sgd") {
+    o.kind = OptimizerConfig::Kind::sgd;
+    o.sgd.lr = get("lr", 0.01);
+    o.sgd.momentum = get("momentum", 0);
+    o.sgd.dampening = get("dampening", 0);
+    o.sgd.weight_decay = get("weight_decay", 0);
+    o.sgd.nesterov = getb("nesterov");
+    o.sgd.maximize = getb("maximize");
+  } else if (kind == "adam") {
+    o.kind = OptimizerConfig::Kind::adam;
+    o.adam.lr = get("lr", 1e-3);
+    o.adam.beta1 = get("beta1", 0.9);
+    o.adam.beta2 = get("beta2", 0.999);
+    o.adam.eps = get("eps", 1e-8);
+    o.adam.weight_decay = get("weight_decay", 0);
+    o.adam.amsgrad = getb("amsgrad");
+    o.adam.maximize = getb("maximize");
+  } else {
+    throw std::invalid_argument("unknown optimizer '" + kind + "'; expected 'sgd' or 'adam'");
+  }
+  return o;
+}
+
+// Pointer to the data of an optional array, checking its element count.
+template <class T>
+const T* opt_data(const std::optional<carray<T>>& a, chainrule::index_t expected, const char* what) {
+  if (!a) return nullptr;
+  if (a->size() != expected)
+    throw std::invalid_argument(std::string(what) + " has " + std::to_string(a->size()) +
+                                " elements, expected " + std::to_string(expected));
+  return a->data();
+}
+
+template <class T>
+void bind_one(py::module_& m, const char* name) {
+  using Net = Network<T>;
+  py::class_<Net>(m, name)
+      .def(py::init([](const py::list& specs, index_t in_time, index_t in_features,
+                       const std::string& loss, const std::string& reduction,
+                       const py::dict& optimizer, std::uint64_t seed) {
+             std::vector<LayerSpec> s;
+             for (auto item : specs) s.push_back(spec_from_dict(item.cast<py::dict>()));
+             LossConfig lc{loss_from_name(loss), reduction_from_name(reduction)};
+             return new Net(s, SampleShape{in_time, in_features}, lc, optimizer_from_dict(optimizer),
+                            seed);
+           }),
+           py::arg("specs"), py::arg("in_time"), py::arg("in_features"), py::arg("loss"),
+           py::arg("reduction"), py::arg("optimizer"), py::arg("seed"))
+      .def_property_readonly("input_shape", [](const Net& n) {
+        return py::make_tuple(n.input_shape().time, n.input_shape().features);
+      })
+      .def_property_readonly("output_shape", [](const Net& n) {
+        return py::make_tuple(n.output_shape().time, n.output_shape().features);
+      })
+      .def("describe_layer", &Net::describe_layer)
+      .def("param_names", [](const Net& n) {
+        std::vector<std::string> names;
+        for (auto* p : n.params()) names.push_back(p->name);
+        return names;
+      })
+      .def("param_shape", [](Net& n, const std::string& name) { return n.param(name).shape; })
+      // which: "value", "grad", or an optimizer state buffer "buf", "buf2", "buf3"
+      .def("get", [](Net& n, const std::string& name, const std::string& which) {
+        std::shared_lock<std::shared_mutex> lock(n.mutex());
+        Param<T>& p = n.param(name);
+        const Buffer<T>* b = which == "value" ? &p.value : which == "grad" ? &p.grad
+                            : which == "buf" ? &p.buf : which == "buf2" ? &p.buf2 : &p.buf3;
+        if (b->size() == 0) return py::object(py::none());
+        carray<T> out = new_array<T>(p.shape);
+        std::memcpy(out.mutable_data(), b->data(), b->bytes());
+        return py::object(out);
+      })
+      .def("set", [](Net& n, const std::string& name, const std::string& which,
+                     carray<T> a) {
+        std::unique_lock<std::shared_mutex> lock(n.mutex(), std::try_to_lock);
+        if (!lock.owns_lock()) throw Busy("this model is in use by another thread; wait for it to finish");
+        Param<T>& p = n.param(name);
+        Buffer<T>* b = which == "value" ? &p.value : which == "grad" ? &p.grad
+                      : which == "buf" ? &p.buf : which == "buf2" ? &p.buf2 : &p.buf3;
+        if (b->size() != p.size()) b->resize(p.size());
+        if (a.size() != p.size())
+          throw std::invalid_argument("size mismatch for " + name + ": got " + shape_str(a));
+        std::memcpy(b->data(), a.data(), b->bytes());
+      }, py::arg("name"), py::arg("which"), py::arg("array").noconvert())
+      .def("has_buf", [](Net& n, const std::string& name) { return n.param(name).has_buf; })
+      .def("set_has_buf", [](Net& n, const std::string& name, bool v) { n.param(name).has_buf = v; })
+      .def_property("optimizer_steps", &Net::optimizer_steps, &Net::set_optimizer_steps)
+      .def("set_optimizer", [](Net& n, const py::dict& d) { n.set_optimizer(optimizer_from_dict(d)); })
+      .def("set_loss", [](Net& n, const std::string& loss, const std::string& reduction) {
+        n.set_loss(LossConfig{loss_from_name(loss), reduction_from_name(reduction)});
+      })
+      .def("reset_parameters", &Net::reset_parameters)
+      .def("rng_state", [](Net& n) {
+        std::uint64_t s[4];
+        n.rng().get_state(s);
+        return std::vector<std::uint64_t>(s, s + 4);
+      })
+      .def("set_rng_state", [](Net& n, const std::vector<std::uint64_t>& v) {
+        if (v.size() != 4) throw std::invalid_argument("rng state needs 4 words");
+        n.rng().set_state(v.data());
+      })
+      .def("forward", [](Net& n, carray<T> x, index_t batch) {
+        const index_t expect = checked_mul(batch, n.input_shape().size());
+        if (x.size() != expect) throw std::invalid_argument("forward: input size mismatch");
+        const T* out;
+        {
+          py::gil_scoped_release nogil;
+          out = n.forward(x.data(), batch);
+        }
+        carray<T> y = new_array<T>({checked_mul(batch, n.output_shape().size())});
+        std::memcpy(y.mutable_data(), out, std::size_t(y.size()) * sizeof(T));
+        return y;
+      }, py::arg("x").noconvert(), py::arg("batch"))
+      .def("backward_loss", [](Net& n, std::optional<carray<T>> yf,
+                               std::optional<carray<std::int64_t>> yi) {
+        const index_t b = n.last_batch();
+        const T* pf = opt_data<T>(yf, checked_mul(b, n.output_shape().size()), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(b, n.output_shape().rows()), "y");
+        py::gil_scoped_release nogil;
+        return n.backward_loss(pf, pi);
+      }, py::arg("yf").noconvert(), py::arg("yi").noconvert())
+      .def("backward_grad", [](Net& n, carray<T> g) {
+        if (g.size() != checked_mul(n.last_batch(), n.output_shape().size()))
+          throw std::invalid_argument("grad_output size mismatch");
+        py::gil_scoped_release nogil;
+        n.backward_grad(g.data());
+      }, py::arg("grad_output").noconvert())
+      .def("input_grad", [](Net& n) {
+        carray<T> out = new_array<T>({checked_mul(n.last_batch(), n.input_shape().size())});
+        if (n.input_grad() == nullptr) throw std::logic_error("no backward has run yet");
+        std::memcpy(out.mutable_data(), n.input_grad(), std::size_t(out.size()) * sizeof(T));
+        return out;
+      })
+      .def("zero_grad", &Net::zero_grad)
+      .def("step", [](Net& n) { py::gil_scoped_release nogil; n.step(); })
+      .def("clip_grad_norm", &Net::clip_grad_norm, py::arg("max_norm"), py::arg("norm_type") = 2.0,
+           py::arg("error_if_nonfinite") = false)
+      .def("clip_grad_value", &Net::clip_grad_value)
+      .def("predict", [](const Net& n, carray<T> x, index_t count) {
+        if (x.size() != checked_mul(count, n.input_shape().size()))
+          throw std::invalid_argument("predict: input size mismatch");
+        carray<T> y = new_array<T>({checked_mul(count, n.output_shape().size())});
+        T* out = y.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          n.predict(out, x.data(), count);
+        }
+        return y;
+      }, py::arg("x").noconvert(), py::arg("count"))
+      .def("loss_value", [](const Net& n, carray<T> pred, std::optional<carray<T>> yf,
+                            std::optional<carray<std::int64_t>> yi, index_t count) {
+        if (pred.size() != checked_mul(count, n.output_shape().size()))
+          throw std::invalid_argument("loss_value: prediction size mismatch");
+        const T* pf = opt_data<T>(yf, pred.size(), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, n.output_shape().rows()), "y");
+        py::gil_scoped_release nogil;
+        return n.loss_value(pred.data(), pf, pi, count);
+      }, py::arg("pred").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
+         py::arg("count"))
+      .def("fit_epoch", [](Net& n, carray<T> X, std::optional<carray<T>> yf,
+                           std::optional<carray<std::int64_t>> yi, index_t count, index_t batch_size,
+                           bool shuffle, double max_norm, double norm_type, bool error_if_nonfinite,
+                           double clip_value, bool stop_on_nonfinite) {
+        if (X.size() != checked_mul(count, n.input_shape().size()))
+          throw std::invalid_argument("fit: input size mismatch");
+        const T* pf = opt_data<T>(yf, checked_mul(count, n.output_shape().size()), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, n.output_shape().rows()), "y");
+        if (!pf && !pi) throw std::invalid_argument("fit needs targets");
+        ClipConfig clip{max_norm, norm_type, error_if_nonfinite, clip_value};
+        EpochStats st;
+        bool interrupted = false;
+        {
+          py::gil_scoped_release nogil;
+          auto last = std::chrono::steady_clock::now();
+          auto check = [&]() -> bool {
+            const auto now = std::chrono::steady_clock::now();
+            if (now - last < std::chrono::milliseconds(20)) return false;
+            last = now;
+            py::gil_scoped_acquire gil;
+            return PyErr_CheckSignals() != 0;
+          };
+          try {
+            st = n.fit_epoch(X.data(), pf, pi, count, batch_size, shuffle, clip, stop_on_nonfinite,
+                             check);
+          } catch (const Interrupted&) {
+            interrupted = true;
+          }
+        }
+        if (interrupted) throw py::error_already_set();
+        py::dict d;
+        d["loss_sum"] = st.loss_sum;
+        d["samples"] = st.samples;
+        d["batches"] = st.batches;
+        d["grad_norm_max"] = st.grad_norm_max;
+        d["grad_norm_sum"] = st.grad_norm_sum;
+        d["nonfinite_batch"] = st.nonfinite_batch;
+        d["nonfinite_loss"] = st.nonfinite_loss;
+        d["stopped"] = st.stopped;
+        return d;
+      }, py::arg("X").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
+         py::arg("count"), py::arg("batch_size"), py::arg("shuffle"), py::arg("max_norm") = 0.0,
+         py::arg("norm_type") = 2.0, py::arg("error_if_nonfinite") = false,
+         py::arg("clip_value") = 0.0, py::arg("stop_on_nonfinite") = true)
+      .def("workspace_bytes", &Net::workspace_bytes);
+}
+
+}  // namespace
+
+void bind_network(py::module_& m) {
+  bind_one<float>(m, "Network32");
+  bind_one<double>(m, "Network64");
+}

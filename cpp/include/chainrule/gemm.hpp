@@ -1,0 +1,32 @@
+// General matrix multiply on row-major operands: C = alpha * op(A) * op(B) + beta * C,
+// op(A) (M, K), op(B) (K, N), C (M, N). With trans_a, A is stored (K, M); with trans_b, B is
+// stored (N, K). Leading dimensions are row strides in elements. BLAS convention: when beta == 0,
+// C is not read (NaN or garbage in C does not propagate); when K == 0, C = beta * C.
+//
+// This header is the one interface to GEMM: callers never name an implementation, so the kernels
+// can change (blocking, micro-kernels, ISA dispatch, threads) without touching them.
+#pragma once
+#include "chainrule/tensor.hpp"
+
+namespace chainrule {
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, T alpha, const T* A,
+          index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc);
+
+// The plain triple loop: the reference for tests and the fallback. Same contract as gemm.
+template <class T>
+void gemm_ref(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, T alpha, const T* A,
+              index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc);
+
+// Cache block sizes of the blocked driver, one table for all callers. Tests shrink them to hit
+// every edge of the blocking with small matrices; 0 restores the defaults.
+struct GemmBlocking {
+  index_t mc;  // rows of op(A) per packed block (L2)
+  index_t kc;  // depth per packed panel (L1 for the B micro-panel)
+  index_t nc;  // columns of op(B) per packed panel (L3)
+};
+GemmBlocking gemm_get_blocking();
+void gemm_set_blocking(index_t mc, index_t kc, index_t nc);
+
+}  // namespace chainrule

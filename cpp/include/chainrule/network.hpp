@@ -1,0 +1,203 @@
+// A network: a sequence of layers with their parameters, a loss and an optimizer, and the
+// training loop. Tensors between layers are (batch, [time,] features), row-major; a layer that
+// works per row (Dense, activations) sees batch * time rows, as torch.nn.Linear does on 3-D input.
+//
+// Thread contract: predict() and loss_value() are const and may run from many threads at once;
+// every other method mutates the network and takes it exclusively. A call that finds the network
+// in use by another thread throws std::runtime_error at once instead of waiting or corrupting it.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "chainrule/activations.hpp"
+#include "chainrule/losses.hpp"
+#include "chainrule/optim.hpp"
+#include "chainrule/rng.hpp"
+#include "chainrule/tensor.hpp"
+
+namespace chainrule {
+
+// Shape of one sample: features, with a time axis in front when time > 0.
+struct SampleShape {
+  index_t time = 0;  // 0: no time axis
+  index_t features = 0;
+  index_t rows() const { return time > 0 ? time : 1; }
+  index_t size() const { return checked_mul(rows(), features); }
+};
+
+// A trainable tensor, its gradient and its optimizer state, named as in a PyTorch state dict.
+template <class T>
+struct Param {
+  std::string name;
+  std::vector<index_t> shape;
+  Buffer<T> value, grad;
+  Buffer<T> buf;          // SGD momentum buffer, or Adam's exp_avg
+  Buffer<T> buf2, buf3;   // Adam's exp_avg_sq and max_exp_avg_sq
+  bool has_buf = false;   // SGD: buf holds a previous step
+  index_t size() const { return value.size(); }
+};
+
+// What backward needs beyond a layer's input and output (recurrent layers keep their states).
+struct LayerCache {
+  virtual ~LayerCache() = default;
+};
+
+// Description of one layer, as the Python side builds it.
+struct LayerSpec {
+  std::string kind;                 // "dense" or "activation"
+  index_t in_features = 0;          // dense
+  index_t out_features = 0;         // dense
+  bool bias = true;                 // dense
+  Activation activation = Activation::identity;  // activation
+  double negative_slope = 0.01;     // leaky_relu
+};
+
+template <class T>
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string describe() const = 0;
+  // Output shape for a given input shape; std::invalid_argument when the input does not fit.
+  virtual SampleShape output_shape(const SampleShape& in) const = 0;
+  // x (batch, in) -> y (batch, out). cache is nullptr for inference (then forward keeps nothing).
+  virtual void forward(T* y, const T* x, index_t batch, const SampleShape& in,
+                       LayerCache* cache) const = 0;
+  // dy -> dx (overwritten; skipped when nullptr); parameter gradients accumulate.
+  virtual void backward(T* dx, const T* dy, const T* x, const T* y, index_t batch,
+                        const SampleShape& in, LayerCache* cache) = 0;
+  virtual std::unique_ptr<LayerCache> make_cache() const { return nullptr; }
+  virtual std::vector<Param<T>*> params() { return {}; }
+  // PyTorch's default initialisation for the layer's parameters, drawn from rng.
+  virtual void reset_parameters(Rng& rng) {}
+};
+
+struct OptimizerConfig {
+  enum class Kind { sgd, adam } kind = Kind::sgd;
+  SGDConfig sgd;
+  AdamConfig adam;
+};
+
+struct LossConfig {
+  LossKind kind = LossKind::mse;
+  Reduction reduction = Reduction::mean;
+};
+
+struct ClipConfig {
+  double max_norm = 0;       // > 0: clip by global norm
+  double norm_type = 2.0;
+  bool error_if_nonfinite = false;
+  double clip_value = 0;     // > 0: clip by value (after the norm clip)
+};
+
+struct EpochStats {
+  double loss_sum = 0;       // sum over batches of batch loss * batch size
+  index_t samples = 0;       // samples in completed steps
+  index_t batches = 0;       // steps completed
+  double grad_norm_max = 0;  // largest pre-clip global norm seen (when clipping by norm)
+  double grad_norm_sum = 0;  // sum of pre-clip global norms (mean = sum / batches)
+  index_t nonfinite_batch = -1;  // first batch whose loss was NaN or inf, or -1
+  double nonfinite_loss = 0;
+  bool stopped = false;      // the epoch stopped at nonfinite_batch without stepping on it
+};
+
+// Thrown by fit_epoch when the interrupt callback asks to stop; the network is left at its last
+// completed optimizer step.
+struct Interrupted : std::exception {
+  const char* what() const noexcept override { return "interrupted"; }
+};
+
+// Thrown when a mutating call finds the network in use by another thread.
+struct Busy : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <class T>
+class Network {
+ public:
+  Network(const std::vector<LayerSpec>& specs, SampleShape input, LossConfig loss,
+          OptimizerConfig opt, std::uint64_t seed);
+
+  SampleShape input_shape() const { return shapes_.front(); }
+  SampleShape output_shape() const { return shapes_.back(); }
+  std::size_t num_layers() const { return layers_.size(); }
+  const std::vector<Param<T>*>& params() const { return params_; }
+  Param<T>& param(const std::string& name);  // std::out_of_range for unknown names
+  std::string describe_layer(std::size_t i) const { return layers_[i]->describe(); }
+
+  LossConfig loss() const { return loss_; }
+  void set_loss(LossConfig loss);
+  const OptimizerConfig& optimizer() const { return opt_; }
+  void set_optimizer(OptimizerConfig opt);  // resets the optimizer state and step count
+  std::int64_t optimizer_steps() const { return steps_; }
+  void set_optimizer_steps(std::int64_t s) { steps_ = s; }
+  Rng& rng() { return rng_; }
+  void reset_parameters(std::uint64_t seed);
+
+  // ---- the fundamentals, one call each ----
+  // x (batch, sample) -> output (batch, out sample); keeps what backward needs.
+  const T* forward(const T* x, index_t batch);
+  index_t last_batch() const { return tape_batch_; }
+  // Loss of the last forward output against the targets (float targets yf, or class indices yi
+  // for cross_entropy), then backward through every layer. Returns the loss.
+  double backward_loss(const T* yf, const std::int64_t* yi);
+  // Backward from a caller-computed gradient of the loss w.r.t. the last output.
+  void backward_grad(const T* grad_output);
+  // dL/dx of the last backward (batch, input sample).
+  const T* input_grad() const { return dx_.data(); }
+  void zero_grad();
+  void step();
+  double clip_grad_norm(double max_norm, double norm_type, bool error_if_nonfinite);
+  void clip_grad_value(double clip_value);
+
+  // ---- inference (thread-safe) ----
+  void predict(T* out, const T* x, index_t n) const;
+  double loss_value(const T* pred, const T* yf, const std::int64_t* yi, index_t n) const;
+
+  // ---- training ----
+  // One epoch over X (n, sample) and targets: minibatches of batch_size (the last may be smaller),
+  // in an order shuffled by the network's generator when shuffle is set. interrupt() is called
+  // after every step; when it returns true, Interrupted is thrown.
+  EpochStats fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n,
+                       index_t batch_size, bool shuffle, const ClipConfig& clip,
+                       bool stop_on_nonfinite, const std::function<bool()>& interrupt);
+
+  // Bytes held by the training workspace (tape, gradients, batch buffers).
+  std::size_t workspace_bytes() const;
+
+  // The lock used by the thread contract, for callers that compose several calls.
+  std::shared_mutex& mutex() const { return mutex_; }
+
+ private:
+  void forward_impl(const T* x, index_t batch);
+  double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi,
+                       index_t batch) const;
+  void backward_impl(const T* grad_output, bool need_input_grad);
+  void step_impl();
+  void set_optimizer_impl(OptimizerConfig opt);
+  index_t target_size() const;  // float target elements per sample
+
+  std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::vector<SampleShape> shapes_;  // shapes_[i] is the input of layer i; back() the output
+  std::vector<Param<T>*> params_;
+  LossConfig loss_;
+  OptimizerConfig opt_;
+  std::int64_t steps_ = 0;
+  Rng rng_;
+
+  // Training tape: acts_[i] input of layer i, acts_.back() the output.
+  std::vector<Buffer<T>> acts_;
+  std::vector<std::unique_ptr<LayerCache>> caches_;
+  index_t tape_batch_ = 0;
+  Buffer<T> g0_, g1_, dx_;
+  Buffer<T> xb_, yfb_;
+  std::vector<std::int64_t> yib_, perm_;
+
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace chainrule

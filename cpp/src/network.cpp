@@ -1,0 +1,326 @@
+// Network: forward layer by layer, loss, backward by the chain rule in reverse, optimizer step,
+// and the minibatch training loop, all over the buffers the network owns.
+#include "chainrule/network.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+
+#include "chainrule/clip.hpp"
+#include "layers.hpp"
+
+namespace chainrule {
+
+namespace {
+
+// Exclusive use of the network for one mutating call, or Busy at once.
+struct ExclusiveUse {
+  explicit ExclusiveUse(std::shared_mutex& m) : lock(m, std::try_to_lock) {
+    if (!lock.owns_lock())
+      throw Busy("this model is already in use by another thread (fit, forward, backward, step "
+                 "and load_state_dict need it alone); wait for that call to finish, or use a "
+                 "copy of the model per thread");
+  }
+  std::unique_lock<std::shared_mutex> lock;
+};
+struct SharedUse {
+  explicit SharedUse(std::shared_mutex& m) : lock(m, std::try_to_lock) {
+    if (!lock.owns_lock())
+      throw Busy("this model is being trained or changed by another thread; predict and "
+                 "evaluate may run concurrently with each other, not with fit or step");
+  }
+  std::shared_lock<std::shared_mutex> lock;
+};
+
+}  // namespace
+
+template <class T>
+Network<T>::Network(const std::vector<LayerSpec>& specs, SampleShape input, LossConfig loss,
+                    OptimizerConfig opt, std::uint64_t seed)
+    : loss_(loss), opt_(opt), rng_(seed) {
+  if (specs.empty()) throw std::invalid_argument("a model needs at least one layer, got none");
+  if (input.features <= 0)
+    throw std::invalid_argument("input features must be positive, got " +
+                                std::to_string(input.features));
+  shapes_.push_back(input);
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    layers_.push_back(make_layer<T>(specs[i], i));
+    shapes_.push_back(layers_.back()->output_shape(shapes_.back()));
+    for (Param<T>* p : layers_.back()->params()) params_.push_back(p);
+  }
+  set_optimizer_impl(opt);
+  for (auto& l : layers_) l->reset_parameters(rng_);
+}
+
+template <class T>
+Param<T>& Network<T>::param(const std::string& name) {
+  for (Param<T>* p : params_)
+    if (p->name == name) return *p;
+  throw std::out_of_range("no parameter named '" + name + "'");
+}
+
+template <class T>
+void Network<T>::set_loss(LossConfig loss) {
+  ExclusiveUse use(mutex_);
+  loss_ = loss;
+}
+
+template <class T>
+void Network<T>::set_optimizer(OptimizerConfig opt) {
+  ExclusiveUse use(mutex_);
+  set_optimizer_impl(opt);
+}
+
+template <class T>
+void Network<T>::set_optimizer_impl(OptimizerConfig opt) {
+  opt_ = opt;
+  steps_ = 0;
+  for (Param<T>* p : params_) {
+    const bool sgd_mom = opt.kind == OptimizerConfig::Kind::sgd && opt.sgd.momentum != 0;
+    const bool adam = opt.kind == OptimizerConfig::Kind::adam;
+    p->buf.resize(sgd_mom || adam ? p->size() : 0);
+    p->buf2.resize(adam ? p->size() : 0);
+    p->buf3.resize(adam && opt.adam.amsgrad ? p->size() : 0);
+    p->has_buf = false;
+  }
+}
+
+template <class T>
+void Network<T>::reset_parameters(std::uint64_t seed) {
+  ExclusiveUse use(mutex_);
+  rng_.reseed(seed);
+  for (auto& l : layers_) l->reset_parameters(rng_);
+  set_optimizer_impl(opt_);
+}
+
+template <class T>
+index_t Network<T>::target_size() const { return output_shape().size(); }
+
+template <class T>
+void Network<T>::forward_impl(const T* x, index_t batch) {
+  const std::size_t L = layers_.size();
+  acts_.resize(L + 1);
+  caches_.resize(L);
+  acts_[0].resize(checked_mul(batch, shapes_[0].size()));
+  if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
+  for (std::size_t i = 0; i < L; ++i) {
+    acts_[i + 1].resize(checked_mul(batch, shapes_[i + 1].size()));
+    if (!caches_[i]) caches_[i] = layers_[i]->make_cache();
+    layers_[i]->forward(acts_[i + 1].data(), acts_[i].data(), batch, shapes_[i], caches_[i].get());
+  }
+  tape_batch_ = batch;
+}
+
+template <class T>
+const T* Network<T>::forward(const T* x, index_t batch) {
+  ExclusiveUse use(mutex_);
+  if (batch <= 0) throw std::invalid_argument("forward of an empty batch");
+  forward_impl(x, batch);
+  return acts_.back().data();
+}
+
+template <class T>
+double Network<T>::loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi,
+                                 index_t batch) const {
+  const SampleShape out = output_shape();
+  const index_t rows = checked_mul(batch, out.rows());
+  if (yi) {
+    if (loss_.kind != LossKind::cross_entropy)
+      throw std::invalid_argument(std::string("class-index targets need the cross_entropy loss, "
+                                              "but the model's loss is ") + loss_name(loss_.kind));
+    return cross_entropy_index(grad, pred, yi, rows, out.features, loss_.reduction);
+  }
+  return loss_forward_backward(grad, pred, yf, rows, out.features, loss_.kind, loss_.reduction);
+}
+
+template <class T>
+void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
+  // Chain rule in reverse: g holds dL/d(output of layer i); each layer turns it into
+  // dL/d(input of layer i), accumulating its parameter gradients on the way.
+  const std::size_t L = layers_.size();
+  index_t max_size = 0;
+  for (auto& a : acts_) max_size = std::max(max_size, a.size());
+  g0_.resize(max_size);
+  g1_.resize(max_size);
+  const T* g = grad_output;
+  T* bufs[2] = {g0_.data(), g1_.data()};
+  int next = 0;
+  for (std::size_t k = L; k-- > 0;) {
+    T* dx = nullptr;
+    if (k > 0) dx = bufs[next];
+    else if (need_input_grad) { dx_.resize(acts_[0].size()); dx = dx_.data(); }
+    layers_[k]->backward(dx, g, acts_[k].data(), acts_[k + 1].data(), tape_batch_, shapes_[k],
+                         caches_[k].get());
+    g = dx;
+    next ^= 1;
+  }
+}
+
+template <class T>
+double Network<T>::backward_loss(const T* yf, const std::int64_t* yi) {
+  ExclusiveUse use(mutex_);
+  if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
+  Buffer<T> grad(acts_.back().size());
+  const double loss = loss_and_grad(grad.data(), acts_.back().data(), yf, yi, tape_batch_);
+  backward_impl(grad.data(), true);
+  return loss;
+}
+
+template <class T>
+void Network<T>::backward_grad(const T* grad_output) {
+  ExclusiveUse use(mutex_);
+  if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
+  backward_impl(grad_output, true);
+}
+
+template <class T>
+void Network<T>::zero_grad() {
+  ExclusiveUse use(mutex_);
+  for (Param<T>* p : params_) p->grad.fill_zero();
+}
+
+template <class T>
+void Network<T>::step_impl() {
+  ++steps_;
+  for (Param<T>* p : params_) {
+    if (opt_.kind == OptimizerConfig::Kind::sgd) {
+      sgd_step(p->value.data(), p->grad.data(), p->buf.size() ? p->buf.data() : nullptr, p->has_buf,
+               p->size(), opt_.sgd);
+      p->has_buf = opt_.sgd.momentum != 0;
+    } else {
+      adam_step(p->value.data(), p->grad.data(), p->buf.data(), p->buf2.data(),
+                p->buf3.size() ? p->buf3.data() : nullptr, steps_, p->size(), opt_.adam);
+    }
+  }
+}
+
+template <class T>
+void Network<T>::step() {
+  ExclusiveUse use(mutex_);
+  step_impl();
+}
+
+template <class T>
+double Network<T>::clip_grad_norm(double max_norm, double norm_type, bool error_if_nonfinite) {
+  ExclusiveUse use(mutex_);
+  std::vector<T*> g;
+  std::vector<index_t> n;
+  for (Param<T>* p : params_) { g.push_back(p->grad.data()); n.push_back(p->size()); }
+  return chainrule::clip_grad_norm(g.data(), n.data(), g.size(), max_norm, norm_type,
+                                   error_if_nonfinite);
+}
+
+template <class T>
+void Network<T>::clip_grad_value(double clip_value) {
+  ExclusiveUse use(mutex_);
+  std::vector<T*> g;
+  std::vector<index_t> n;
+  for (Param<T>* p : params_) { g.push_back(p->grad.data()); n.push_back(p->size()); }
+  chainrule::clip_grad_value(g.data(), n.data(), g.size(), clip_value);
+}
+
+template <class T>
+void Network<T>::predict(T* out, const T* x, index_t n) const {
+  SharedUse use(mutex_);
+  // Chunks of samples bound the workspace; each thread has its own, so calls can overlap.
+  const std::size_t L = layers_.size();
+  index_t widest = 0;
+  for (const SampleShape& s : shapes_) widest = std::max(widest, s.size());
+  const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
+  Buffer<T> a(checked_mul(chunk, widest)), b(checked_mul(chunk, widest));
+  const index_t in_size = shapes_.front().size(), out_size = shapes_.back().size();
+  for (index_t s = 0; s < n; s += chunk) {
+    const index_t m = std::min(chunk, n - s);
+    const T* cur = x + s * in_size;
+    T* bufs[2] = {a.data(), b.data()};
+    int next = 0;
+    for (std::size_t i = 0; i < L; ++i) {
+      T* dst = (i + 1 == L) ? out + s * out_size : bufs[next];
+      layers_[i]->forward(dst, cur, m, shapes_[i], nullptr);
+      cur = dst;
+      next ^= 1;
+    }
+  }
+}
+
+template <class T>
+double Network<T>::loss_value(const T* pred, const T* yf, const std::int64_t* yi,
+                              index_t n) const {
+  SharedUse use(mutex_);
+  return loss_and_grad(nullptr, pred, yf, yi, n);
+}
+
+template <class T>
+EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n,
+                                 index_t batch_size, bool shuffle, const ClipConfig& clip,
+                                 bool stop_on_nonfinite, const std::function<bool()>& interrupt) {
+  ExclusiveUse use(mutex_);
+  if (n <= 0) throw std::invalid_argument("fit needs at least one sample, got 0");
+  if (batch_size <= 0)
+    throw std::invalid_argument("batch_size must be positive, got " + std::to_string(batch_size));
+  batch_size = std::min(batch_size, n);
+  const index_t xs = shapes_.front().size();
+  const index_t ys = yi ? shapes_.back().rows() : target_size();
+  perm_.resize(std::size_t(n));
+  std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
+  if (shuffle) rng_.shuffle(perm_.data(), n);
+  xb_.resize(checked_mul(batch_size, xs));
+  if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
+  else yfb_.resize(checked_mul(batch_size, ys));
+  Buffer<T> grad;
+  std::vector<T*> gp;
+  std::vector<index_t> gn;
+  for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
+
+  EpochStats st;
+  for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
+    const index_t bs = std::min(batch_size, n - start);
+    // Gather the minibatch rows in permuted order.
+    for (index_t r = 0; r < bs; ++r) {
+      const index_t src = perm_[std::size_t(start + r)];
+      std::memcpy(xb_.data() + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
+      if (yi) std::memcpy(yib_.data() + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
+      else std::memcpy(yfb_.data() + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
+    }
+    forward_impl(xb_.data(), bs);
+    grad.resize(acts_.back().size());
+    const double loss = loss_and_grad(grad.data(), acts_.back().data(), yi ? nullptr : yfb_.data(),
+                                      yi ? yib_.data() : nullptr, bs);
+    if (!std::isfinite(loss)) {
+      if (st.nonfinite_batch < 0) { st.nonfinite_batch = b; st.nonfinite_loss = loss; }
+      if (stop_on_nonfinite) { st.stopped = true; return st; }
+    }
+    for (Param<T>* p : params_) p->grad.fill_zero();
+    backward_impl(grad.data(), false);
+    if (clip.max_norm > 0) {
+      const double norm = chainrule::clip_grad_norm(gp.data(), gn.data(), gp.size(), clip.max_norm,
+                                                    clip.norm_type, clip.error_if_nonfinite);
+      st.grad_norm_max = std::max(st.grad_norm_max, norm);
+      st.grad_norm_sum += norm;
+    }
+    if (clip.clip_value > 0)
+      chainrule::clip_grad_value(gp.data(), gn.data(), gp.size(), clip.clip_value);
+    step_impl();
+    st.loss_sum += loss * double(bs);
+    st.samples += bs;
+    st.batches += 1;
+    if (interrupt && interrupt()) throw Interrupted();
+  }
+  return st;
+}
+
+template <class T>
+std::size_t Network<T>::workspace_bytes() const {
+  std::size_t b = g0_.capacity_bytes() + g1_.capacity_bytes() + dx_.capacity_bytes() +
+                  xb_.capacity_bytes() + yfb_.capacity_bytes() +
+                  yib_.capacity() * sizeof(std::int64_t) + perm_.capacity() * sizeof(std::int64_t);
+  for (auto& a : acts_) b += a.capacity_bytes();
+  return b;
+}
+
+template class Network<float>;
+template class Network<double>;
+
+}  // namespace chainrule
