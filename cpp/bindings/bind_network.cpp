@@ -65,22 +65,21 @@ template <class T>
 void bind_one(py::module_& m, const char* name) {
   using Net = Network<T>;
   py::class_<Net>(m, name)
-      .def(py::init([](const py::list& specs, index_t in_time, index_t in_features,
-                       const std::string& loss, const std::string& reduction,
-                       const py::dict& optimizer, std::uint64_t seed) {
+      .def(py::init([](const py::list& specs, index_t in_features, const std::string& loss,
+                       const std::string& reduction, const py::dict& optimizer,
+                       std::uint64_t seed) {
              std::vector<LayerSpec> s;
              for (auto item : specs) s.push_back(spec_from_dict(item.cast<py::dict>()));
              LossConfig lc{loss_from_name(loss), reduction_from_name(reduction)};
-             return new Net(s, SampleShape{in_time, in_features}, lc, optimizer_from_dict(optimizer),
-                            seed);
+             return new Net(s, in_features, lc, optimizer_from_dict(optimizer), seed);
            }),
-           py::arg("specs"), py::arg("in_time"), py::arg("in_features"), py::arg("loss"),
-           py::arg("reduction"), py::arg("optimizer"), py::arg("seed"))
-      .def_property_readonly("input_shape", [](const Net& n) {
-        return py::make_tuple(n.input_shape().time, n.input_shape().features);
-      })
-      .def_property_readonly("output_shape", [](const Net& n) {
-        return py::make_tuple(n.output_shape().time, n.output_shape().features);
+           py::arg("specs"), py::arg("in_features"), py::arg("loss"), py::arg("reduction"),
+           py::arg("optimizer"), py::arg("seed"))
+      .def_property_readonly("input_features", &Net::input_features)
+      // (time, features) of the output for an input of the given time length (0: no time axis)
+      .def("output_shape", [](const Net& n, index_t time) {
+        const SampleShape s = n.output_shape(time);
+        return py::make_tuple(s.time, s.features);
       })
       .def("describe_layer", &Net::describe_layer)
       .def("param_names", [](const Net& n) {
@@ -129,34 +128,36 @@ void bind_one(py::module_& m, const char* name) {
         if (v.size() != 4) throw std::invalid_argument("rng state needs 4 words");
         n.rng().set_state(v.data());
       })
-      .def("forward", [](Net& n, carray<T> x, index_t batch) {
-        const index_t expect = checked_mul(batch, n.input_shape().size());
+      .def("forward", [](Net& n, carray<T> x, index_t batch, index_t time) {
+        const index_t expect = checked_mul(batch, SampleShape{time, n.input_features()}.size());
         if (x.size() != expect) throw std::invalid_argument("forward: input size mismatch");
         const T* out;
         {
           py::gil_scoped_release nogil;
-          out = n.forward(x.data(), batch);
+          out = n.forward(x.data(), batch, time);
         }
-        carray<T> y = new_array<T>({checked_mul(batch, n.output_shape().size())});
+        carray<T> y = new_array<T>({checked_mul(batch, n.output_shape(time).size())});
         std::memcpy(y.mutable_data(), out, std::size_t(y.size()) * sizeof(T));
         return y;
-      }, py::arg("x").noconvert(), py::arg("batch"))
+      }, py::arg("x").noconvert(), py::arg("batch"), py::arg("time"))
       .def("backward_loss", [](Net& n, std::optional<carray<T>> yf,
                                std::optional<carray<std::int64_t>> yi) {
         const index_t b = n.last_batch();
-        const T* pf = opt_data<T>(yf, checked_mul(b, n.output_shape().size()), "y");
-        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(b, n.output_shape().rows()), "y");
+        const SampleShape out = n.output_shape(n.last_time());
+        const T* pf = opt_data<T>(yf, checked_mul(b, out.size()), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(b, out.rows()), "y");
         py::gil_scoped_release nogil;
         return n.backward_loss(pf, pi);
       }, py::arg("yf").noconvert(), py::arg("yi").noconvert())
       .def("backward_grad", [](Net& n, carray<T> g) {
-        if (g.size() != checked_mul(n.last_batch(), n.output_shape().size()))
+        if (g.size() != checked_mul(n.last_batch(), n.output_shape(n.last_time()).size()))
           throw std::invalid_argument("grad_output size mismatch");
         py::gil_scoped_release nogil;
         n.backward_grad(g.data());
       }, py::arg("grad_output").noconvert())
       .def("input_grad", [](Net& n) {
-        carray<T> out = new_array<T>({checked_mul(n.last_batch(), n.input_shape().size())});
+        const SampleShape in{n.last_time(), n.input_features()};
+        carray<T> out = new_array<T>({checked_mul(n.last_batch(), in.size())});
         if (n.input_grad() == nullptr) throw std::logic_error("no backward has run yet");
         std::memcpy(out.mutable_data(), n.input_grad(), std::size_t(out.size()) * sizeof(T));
         return out;
@@ -166,35 +167,37 @@ void bind_one(py::module_& m, const char* name) {
       .def("clip_grad_norm", &Net::clip_grad_norm, py::arg("max_norm"), py::arg("norm_type") = 2.0,
            py::arg("error_if_nonfinite") = false)
       .def("clip_grad_value", &Net::clip_grad_value)
-      .def("predict", [](const Net& n, carray<T> x, index_t count) {
-        if (x.size() != checked_mul(count, n.input_shape().size()))
+      .def("predict", [](const Net& n, carray<T> x, index_t count, index_t time) {
+        if (x.size() != checked_mul(count, SampleShape{time, n.input_features()}.size()))
           throw std::invalid_argument("predict: input size mismatch");
-        carray<T> y = new_array<T>({checked_mul(count, n.output_shape().size())});
+        carray<T> y = new_array<T>({checked_mul(count, n.output_shape(time).size())});
         T* out = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          n.predict(out, x.data(), count);
+          n.predict(out, x.data(), count, time);
         }
         return y;
-      }, py::arg("x").noconvert(), py::arg("count"))
+      }, py::arg("x").noconvert(), py::arg("count"), py::arg("time"))
       .def("loss_value", [](const Net& n, carray<T> pred, std::optional<carray<T>> yf,
-                            std::optional<carray<std::int64_t>> yi, index_t count) {
-        if (pred.size() != checked_mul(count, n.output_shape().size()))
+                            std::optional<carray<std::int64_t>> yi, index_t count, index_t time) {
+        const SampleShape out = n.output_shape(time);
+        if (pred.size() != checked_mul(count, out.size()))
           throw std::invalid_argument("loss_value: prediction size mismatch");
         const T* pf = opt_data<T>(yf, pred.size(), "y");
-        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, n.output_shape().rows()), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, out.rows()), "y");
         py::gil_scoped_release nogil;
-        return n.loss_value(pred.data(), pf, pi, count);
+        return n.loss_value(pred.data(), pf, pi, count, time);
       }, py::arg("pred").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
-         py::arg("count"))
+         py::arg("count"), py::arg("time"))
       .def("fit_epoch", [](Net& n, carray<T> X, std::optional<carray<T>> yf,
-                           std::optional<carray<std::int64_t>> yi, index_t count, index_t batch_size,
-                           bool shuffle, double max_norm, double norm_type, bool error_if_nonfinite,
-                           double clip_value, bool stop_on_nonfinite) {
-        if (X.size() != checked_mul(count, n.input_shape().size()))
+                           std::optional<carray<std::int64_t>> yi, index_t count, index_t time,
+                           index_t batch_size, bool shuffle, double max_norm, double norm_type,
+                           bool error_if_nonfinite, double clip_value, bool stop_on_nonfinite) {
+        if (X.size() != checked_mul(count, SampleShape{time, n.input_features()}.size()))
           throw std::invalid_argument("fit: input size mismatch");
-        const T* pf = opt_data<T>(yf, checked_mul(count, n.output_shape().size()), "y");
-        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, n.output_shape().rows()), "y");
+        const SampleShape out = n.output_shape(time);
+        const T* pf = opt_data<T>(yf, checked_mul(count, out.size()), "y");
+        const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, out.rows()), "y");
         if (!pf && !pi) throw std::invalid_argument("fit needs targets");
         ClipConfig clip{max_norm, norm_type, error_if_nonfinite, clip_value};
         EpochStats st;
@@ -210,8 +213,8 @@ void bind_one(py::module_& m, const char* name) {
             return PyErr_CheckSignals() != 0;
           };
           try {
-            st = n.fit_epoch(X.data(), pf, pi, count, batch_size, shuffle, clip, stop_on_nonfinite,
-                             check);
+            st = n.fit_epoch(X.data(), pf, pi, count, time, batch_size, shuffle, clip,
+                             stop_on_nonfinite, check);
           } catch (const Interrupted&) {
             interrupted = true;
           }
@@ -226,9 +229,15 @@ void bind_one(py::module_& m, const char* name) {
         d["nonfinite_batch"] = st.nonfinite_batch;
         d["nonfinite_loss"] = st.nonfinite_loss;
         d["stopped"] = st.stopped;
+        d["correct"] = st.correct;
+        d["counted"] = st.counted;
+        d["sum_y"] = st.sum_y;
+        d["sum_yy"] = st.sum_yy;
+        d["sum_sq_err"] = st.sum_sq_err;
         return d;
       }, py::arg("X").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
-         py::arg("count"), py::arg("batch_size"), py::arg("shuffle"), py::arg("max_norm") = 0.0,
+         py::arg("count"), py::arg("time"), py::arg("batch_size"), py::arg("shuffle"),
+         py::arg("max_norm") = 0.0,
          py::arg("norm_type") = 2.0, py::arg("error_if_nonfinite") = false,
          py::arg("clip_value") = 0.0, py::arg("stop_on_nonfinite") = true)
       .def("workspace_bytes", &Net::workspace_bytes);

@@ -34,22 +34,71 @@ struct SharedUse {
   std::shared_lock<std::shared_mutex> lock;
 };
 
+// Adds one batch to the running metric: argmax (cross_entropy) or threshold (bce: p > 1/2,
+// bce_with_logits: x > 0) accuracy, or the sums R^2 needs (mse).
+template <class T>
+void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf,
+                       const std::int64_t* yi, index_t rows, index_t C) {
+  if (kind == LossKind::mse) {
+    if (st.sum_y.empty()) {
+      st.sum_y.assign(std::size_t(C), 0.0);
+      st.sum_yy.assign(std::size_t(C), 0.0);
+      st.sum_sq_err.assign(std::size_t(C), 0.0);
+    }
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t c = 0; c < C; ++c) {
+        const double t = double(yf[r * C + c]), e = double(pred[r * C + c]) - t;
+        st.sum_y[std::size_t(c)] += t;
+        st.sum_yy[std::size_t(c)] += t * t;
+        st.sum_sq_err[std::size_t(c)] += e * e;
+      }
+    st.counted += rows;
+    return;
+  }
+  if (kind == LossKind::cross_entropy) {
+    for (index_t r = 0; r < rows; ++r) {
+      const T* p = pred + r * C;
+      const index_t guess = index_t(std::max_element(p, p + C) - p);
+      index_t truth;
+      if (yi) truth = index_t(yi[r]);
+      else truth = index_t(std::max_element(yf + r * C, yf + (r + 1) * C) - (yf + r * C));
+      st.correct += guess == truth;
+    }
+    st.counted += rows;
+    return;
+  }
+  const T threshold = kind == LossKind::bce ? T(0.5) : T(0);
+  for (index_t i = 0; i < rows * C; ++i)
+    st.correct += (pred[i] > threshold) == (yf[i] > T(0.5));
+  st.counted += rows * C;
+}
+
+template <class T>
+bool all_finite(const std::vector<Param<T>*>& params) {
+  for (const Param<T>* p : params) {
+    const T* g = p->grad.data();
+    T acc = 0;  // x - x is 0 for finite x and NaN otherwise; one sum tests a whole tensor
+    for (index_t i = 0; i < p->size(); ++i) acc += g[i] - g[i];
+    if (acc != T(0)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 template <class T>
-Network<T>::Network(const std::vector<LayerSpec>& specs, SampleShape input, LossConfig loss,
+Network<T>::Network(const std::vector<LayerSpec>& specs, index_t input_features, LossConfig loss,
                     OptimizerConfig opt, std::uint64_t seed)
-    : loss_(loss), opt_(opt), rng_(seed) {
+    : input_features_(input_features), loss_(loss), opt_(opt), rng_(seed) {
   if (specs.empty()) throw std::invalid_argument("a model needs at least one layer, got none");
-  if (input.features <= 0)
+  if (input_features <= 0)
     throw std::invalid_argument("input features must be positive, got " +
-                                std::to_string(input.features));
-  shapes_.push_back(input);
+                                std::to_string(input_features));
   for (std::size_t i = 0; i < specs.size(); ++i) {
     layers_.push_back(make_layer<T>(specs[i], i));
-    shapes_.push_back(layers_.back()->output_shape(shapes_.back()));
     for (Param<T>* p : layers_.back()->params()) params_.push_back(p);
   }
+  shapes_ = shapes_for(0);  // validates that the layers fit together
   set_optimizer_impl(opt);
   for (auto& l : layers_) l->reset_parameters(rng_);
 }
@@ -96,11 +145,17 @@ void Network<T>::reset_parameters(std::uint64_t seed) {
 }
 
 template <class T>
-index_t Network<T>::target_size() const { return output_shape().size(); }
+std::vector<SampleShape> Network<T>::shapes_for(index_t time) const {
+  if (time < 0) throw std::invalid_argument("negative sequence length " + std::to_string(time));
+  std::vector<SampleShape> s{SampleShape{time, input_features_}};
+  for (auto& l : layers_) s.push_back(l->output_shape(s.back()));
+  return s;
+}
 
 template <class T>
-void Network<T>::forward_impl(const T* x, index_t batch) {
+void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   const std::size_t L = layers_.size();
+  if (shapes_.front().time != time) shapes_ = shapes_for(time);
   acts_.resize(L + 1);
   caches_.resize(L);
   acts_[0].resize(checked_mul(batch, shapes_[0].size()));
@@ -114,17 +169,16 @@ void Network<T>::forward_impl(const T* x, index_t batch) {
 }
 
 template <class T>
-const T* Network<T>::forward(const T* x, index_t batch) {
+const T* Network<T>::forward(const T* x, index_t batch, index_t time) {
   ExclusiveUse use(mutex_);
   if (batch <= 0) throw std::invalid_argument("forward of an empty batch");
-  forward_impl(x, batch);
+  forward_impl(x, batch, time);
   return acts_.back().data();
 }
 
 template <class T>
 double Network<T>::loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi,
-                                 index_t batch) const {
-  const SampleShape out = output_shape();
+                                 index_t batch, const SampleShape& out) const {
   const index_t rows = checked_mul(batch, out.rows());
   if (yi) {
     if (loss_.kind != LossKind::cross_entropy)
@@ -163,7 +217,8 @@ double Network<T>::backward_loss(const T* yf, const std::int64_t* yi) {
   ExclusiveUse use(mutex_);
   if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
   Buffer<T> grad(acts_.back().size());
-  const double loss = loss_and_grad(grad.data(), acts_.back().data(), yf, yi, tape_batch_);
+  const double loss =
+      loss_and_grad(grad.data(), acts_.back().data(), yf, yi, tape_batch_, shapes_.back());
   backward_impl(grad.data(), true);
   return loss;
 }
@@ -222,15 +277,16 @@ void Network<T>::clip_grad_value(double clip_value) {
 }
 
 template <class T>
-void Network<T>::predict(T* out, const T* x, index_t n) const {
+void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
   SharedUse use(mutex_);
+  const std::vector<SampleShape> shapes = shapes_for(time);
   // Chunks of samples bound the workspace; each thread has its own, so calls can overlap.
   const std::size_t L = layers_.size();
   index_t widest = 0;
-  for (const SampleShape& s : shapes_) widest = std::max(widest, s.size());
+  for (const SampleShape& s : shapes) widest = std::max(widest, s.size());
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
   Buffer<T> a(checked_mul(chunk, widest)), b(checked_mul(chunk, widest));
-  const index_t in_size = shapes_.front().size(), out_size = shapes_.back().size();
+  const index_t in_size = shapes.front().size(), out_size = shapes.back().size();
   for (index_t s = 0; s < n; s += chunk) {
     const index_t m = std::min(chunk, n - s);
     const T* cur = x + s * in_size;
@@ -238,7 +294,7 @@ void Network<T>::predict(T* out, const T* x, index_t n) const {
     int next = 0;
     for (std::size_t i = 0; i < L; ++i) {
       T* dst = (i + 1 == L) ? out + s * out_size : bufs[next];
-      layers_[i]->forward(dst, cur, m, shapes_[i], nullptr);
+      layers_[i]->forward(dst, cur, m, shapes[i], nullptr);
       cur = dst;
       next ^= 1;
     }
@@ -246,23 +302,24 @@ void Network<T>::predict(T* out, const T* x, index_t n) const {
 }
 
 template <class T>
-double Network<T>::loss_value(const T* pred, const T* yf, const std::int64_t* yi,
-                              index_t n) const {
+double Network<T>::loss_value(const T* pred, const T* yf, const std::int64_t* yi, index_t n,
+                              index_t time) const {
   SharedUse use(mutex_);
-  return loss_and_grad(nullptr, pred, yf, yi, n);
+  return loss_and_grad(nullptr, pred, yf, yi, n, output_shape(time));
 }
 
 template <class T>
 EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n,
-                                 index_t batch_size, bool shuffle, const ClipConfig& clip,
+                                 index_t time, index_t batch_size, bool shuffle, const ClipConfig& clip,
                                  bool stop_on_nonfinite, const std::function<bool()>& interrupt) {
   ExclusiveUse use(mutex_);
   if (n <= 0) throw std::invalid_argument("fit needs at least one sample, got 0");
   if (batch_size <= 0)
     throw std::invalid_argument("batch_size must be positive, got " + std::to_string(batch_size));
   batch_size = std::min(batch_size, n);
-  const index_t xs = shapes_.front().size();
-  const index_t ys = yi ? shapes_.back().rows() : target_size();
+  const std::vector<SampleShape> shapes = shapes_for(time);
+  const index_t xs = shapes.front().size();
+  const index_t ys = yi ? shapes.back().rows() : shapes.back().size();
   perm_.resize(std::size_t(n));
   std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
   if (shuffle) rng_.shuffle(perm_.data(), n);
@@ -284,16 +341,21 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       if (yi) std::memcpy(yib_.data() + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
       else std::memcpy(yfb_.data() + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
     }
-    forward_impl(xb_.data(), bs);
+    forward_impl(xb_.data(), bs, time);
     grad.resize(acts_.back().size());
     const double loss = loss_and_grad(grad.data(), acts_.back().data(), yi ? nullptr : yfb_.data(),
-                                      yi ? yib_.data() : nullptr, bs);
-    if (!std::isfinite(loss)) {
+                                      yi ? yib_.data() : nullptr, bs, shapes.back());
+    for (Param<T>* p : params_) p->grad.fill_zero();
+    backward_impl(grad.data(), false);
+    // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
+    // then the weights stay those of the last finite step.
+    if (!std::isfinite(loss) || !all_finite(params_)) {
       if (st.nonfinite_batch < 0) { st.nonfinite_batch = b; st.nonfinite_loss = loss; }
       if (stop_on_nonfinite) { st.stopped = true; return st; }
     }
-    for (Param<T>* p : params_) p->grad.fill_zero();
-    backward_impl(grad.data(), false);
+    accumulate_metric(st, loss_.kind, acts_.back().data(), yi ? nullptr : yfb_.data(),
+                      yi ? yib_.data() : nullptr, bs * shapes.back().rows(),
+                      shapes.back().features);
     if (clip.max_norm > 0) {
       const double norm = chainrule::clip_grad_norm(gp.data(), gn.data(), gp.size(), clip.max_norm,
                                                     clip.norm_type, clip.error_if_nonfinite);

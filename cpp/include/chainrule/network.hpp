@@ -100,7 +100,11 @@ struct EpochStats {
   index_t batches = 0;       // steps completed
   double grad_norm_max = 0;  // largest pre-clip global norm seen (when clipping by norm)
   double grad_norm_sum = 0;  // sum of pre-clip global norms (mean = sum / batches)
-  index_t nonfinite_batch = -1;  // first batch whose loss was NaN or inf, or -1
+  // Running training metric over the epoch, from each batch's forward output before its step:
+  // classification losses count correct predictions; mse keeps per-output sums for R^2.
+  index_t correct = 0, counted = 0;
+  std::vector<double> sum_y, sum_yy, sum_sq_err;
+  index_t nonfinite_batch = -1;  // first batch whose loss or gradient was NaN or inf, or -1
   double nonfinite_loss = 0;
   bool stopped = false;      // the epoch stopped at nonfinite_batch without stepping on it
 };
@@ -119,11 +123,16 @@ struct Busy : std::runtime_error {
 template <class T>
 class Network {
  public:
-  Network(const std::vector<LayerSpec>& specs, SampleShape input, LossConfig loss,
+  // input_features: features per sample (per time step for sequences). The time length is
+  // given per call, so one network serves sequences of any length.
+  Network(const std::vector<LayerSpec>& specs, index_t input_features, LossConfig loss,
           OptimizerConfig opt, std::uint64_t seed);
 
-  SampleShape input_shape() const { return shapes_.front(); }
-  SampleShape output_shape() const { return shapes_.back(); }
+  index_t input_features() const { return input_features_; }
+  // Shapes of every layer boundary for an input of the given time length (0: no time axis);
+  // std::invalid_argument when a layer does not accept its input.
+  std::vector<SampleShape> shapes_for(index_t time) const;
+  SampleShape output_shape(index_t time) const { return shapes_for(time).back(); }
   std::size_t num_layers() const { return layers_.size(); }
   const std::vector<Param<T>*>& params() const { return params_; }
   Param<T>& param(const std::string& name);  // std::out_of_range for unknown names
@@ -139,9 +148,10 @@ class Network {
   void reset_parameters(std::uint64_t seed);
 
   // ---- the fundamentals, one call each ----
-  // x (batch, sample) -> output (batch, out sample); keeps what backward needs.
-  const T* forward(const T* x, index_t batch);
+  // x (batch, [time,] features) -> output (batch, out sample); keeps what backward needs.
+  const T* forward(const T* x, index_t batch, index_t time);
   index_t last_batch() const { return tape_batch_; }
+  index_t last_time() const { return shapes_.front().time; }
   // Loss of the last forward output against the targets (float targets yf, or class indices yi
   // for cross_entropy), then backward through every layer. Returns the loss.
   double backward_loss(const T* yf, const std::int64_t* yi);
@@ -155,14 +165,15 @@ class Network {
   void clip_grad_value(double clip_value);
 
   // ---- inference (thread-safe) ----
-  void predict(T* out, const T* x, index_t n) const;
-  double loss_value(const T* pred, const T* yf, const std::int64_t* yi, index_t n) const;
+  void predict(T* out, const T* x, index_t n, index_t time) const;
+  double loss_value(const T* pred, const T* yf, const std::int64_t* yi, index_t n,
+                    index_t time) const;
 
   // ---- training ----
   // One epoch over X (n, sample) and targets: minibatches of batch_size (the last may be smaller),
   // in an order shuffled by the network's generator when shuffle is set. interrupt() is called
   // after every step; when it returns true, Interrupted is thrown.
-  EpochStats fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n,
+  EpochStats fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n, index_t time,
                        index_t batch_size, bool shuffle, const ClipConfig& clip,
                        bool stop_on_nonfinite, const std::function<bool()>& interrupt);
 
@@ -173,16 +184,16 @@ class Network {
   std::shared_mutex& mutex() const { return mutex_; }
 
  private:
-  void forward_impl(const T* x, index_t batch);
-  double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi,
-                       index_t batch) const;
+  void forward_impl(const T* x, index_t batch, index_t time);
+  double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi, index_t batch,
+                       const SampleShape& out) const;
   void backward_impl(const T* grad_output, bool need_input_grad);
   void step_impl();
   void set_optimizer_impl(OptimizerConfig opt);
-  index_t target_size() const;  // float target elements per sample
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
-  std::vector<SampleShape> shapes_;  // shapes_[i] is the input of layer i; back() the output
+  index_t input_features_ = 0;
+  std::vector<SampleShape> shapes_;  // of the tape: shapes_[i] is the input of layer i
   std::vector<Param<T>*> params_;
   LossConfig loss_;
   OptimizerConfig opt_;

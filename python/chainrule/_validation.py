@@ -1,0 +1,87 @@
+"""Input checking at the public boundary, in scikit-learn's wording.
+
+Every array is converted once here to a C-contiguous array of the model's dtype; the caller's
+arrays are never modified (a conversion copies; an array that already fits is only read).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["NotFittedError", "as_numeric", "check_array", "check_positive_int"]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a model is used before it has weights (as scikit-learn's NotFittedError)."""
+
+
+def as_numeric(x: Any, name: str) -> np.ndarray:
+    if x is None:
+        raise TypeError(f"{name} must be an array-like of numbers, got None")
+    if isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array-like of numbers, got {type(x).__name__}")
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as e:  # ragged nested lists and the like
+        raise ValueError(f"{name} could not be converted to an array: {e}") from None
+    if a.dtype.kind in "OUSV":
+        try:
+            a = a.astype(np.float64)
+        except (ValueError, TypeError):
+            raise TypeError(f"{name} must contain numbers, got an array of dtype {a.dtype} "
+                            f"(e.g. {a.flat[0]!r} cannot be converted to float)") from None
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {a.dtype}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must contain numbers, got dtype {a.dtype}")
+    return a
+
+
+def check_array(x: Any, dtype: np.dtype, *, name: str = "X", ndims: Tuple[int, ...] = (2, 3),
+                allow_empty: bool = False) -> np.ndarray:
+    """Converts x to a C-contiguous array of dtype with ndim in ndims, all finite."""
+    a = as_numeric(x, name)
+    if a.ndim not in ndims:
+        want = " or ".join(f"{d}D" for d in ndims)
+        if a.ndim == 1 and 2 in ndims:
+            raise ValueError(
+                f"Expected 2D array, got 1D array instead:\n{name}={np.array2string(a, threshold=10)}.\n"
+                "Reshape your data either using array.reshape(-1, 1) if your data has a single "
+                "feature or array.reshape(1, -1) if it contains a single sample.")
+        raise ValueError(f"Expected {want} array for {name}, got {a.ndim}D array of shape "
+                         f"{a.shape} instead.")
+    if not allow_empty and (a.ndim == 0 or a.shape[0] == 0):
+        raise ValueError(f"Found array with 0 sample(s) (shape={a.shape}) while a minimum of 1 "
+                         f"is required.")
+    if not allow_empty and a.ndim >= 2 and 0 in a.shape[1:]:
+        raise ValueError(f"Found array with 0 feature(s) (shape={a.shape}) while a minimum of 1 "
+                         f"is required.")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: caught below
+        out = np.ascontiguousarray(a, dtype=dtype)
+    _check_finite(out, name, a.dtype)
+    return out
+
+
+def _check_finite(a: np.ndarray, name: str, source_dtype: np.dtype) -> None:
+    if a.dtype.kind != "f" or a.size == 0:
+        return
+    # One reduction answers "all finite?" cheaply; the detailed scan runs only on failure.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(a.sum(dtype=np.float64) * 0):
+            return
+    if np.isnan(a).any():
+        raise ValueError(f"Input {name} contains NaN.")
+    if not np.isfinite(a).all():
+        note = "" if source_dtype == a.dtype else f" (converted from {source_dtype})"
+        raise ValueError(f"Input {name} contains infinity or a value too large for "
+                         f"dtype('{a.dtype}'){note}.")
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = int(value.__index__())
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'a positive int'}, got {v}")
+    return v

@@ -1,0 +1,263 @@
+"""Saving and loading models: the safetensors layout, with the architecture in its metadata.
+
+A file holds every parameter under its PyTorch name (so ``safetensors.torch.load_file`` gives a
+state dict PyTorch loads), the optimizer state under ``optimizer.<param>.<buffer>``, and in the
+metadata the format version, the architecture as JSON, the generator state and a SHA-256 checksum
+over the tensors. Loading never unpickles or executes anything: the header is size-capped JSON,
+every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
+Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from typing import Any, Dict, List, Tuple, Union
+
+import numpy as np
+
+__all__ = ["save", "load", "to_bytes", "from_bytes", "ModelFileError", "TruncatedFileError",
+           "HeaderError", "NotAModelFileError", "UnsupportedVersionError", "ChecksumError",
+           "ArchitectureError"]
+
+FORMAT = "chainrule.model"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a model header is a few KiB; this bounds what a file can ask
+_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_DTYPE_CODES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
+
+
+class ModelFileError(ValueError):
+    """A file that is not a loadable chainrule model; the message says what is wrong."""
+
+
+class TruncatedFileError(ModelFileError):
+    """The file ends before the header or the data it declares."""
+
+
+class HeaderError(ModelFileError):
+    """The header is not valid: too large, not JSON, or a field out of range."""
+
+
+class NotAModelFileError(ModelFileError):
+    """A valid file of another kind (e.g. a plain safetensors file with no chainrule metadata)."""
+
+
+class UnsupportedVersionError(ModelFileError):
+    """A chainrule model file written by a newer format version."""
+
+
+class ChecksumError(ModelFileError):
+    """The tensor data does not match the checksum the file was written with."""
+
+
+class ArchitectureError(ModelFileError):
+    """The architecture cannot be built, or the tensors do not fit it."""
+
+
+def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, code, shape, raw in sorted(tensors):
+        h.update(json.dumps([name, code, list(shape), len(raw)]).encode())
+        h.update(raw)
+    return "sha256:" + h.hexdigest()
+
+
+def to_bytes(model: Any) -> bytes:
+    """Serialises a model (architecture, weights, optimizer state, generator state)."""
+    from safetensors.numpy import save as st_save
+
+    net = model._require_net()
+    tensors: Dict[str, np.ndarray] = {}
+    for name, value in model.state_dict().items():
+        tensors[name] = value
+    opt = model.optimizer_state()
+    for pname, bufs in opt["params"].items():
+        for bname, value in bufs.items():
+            tensors[f"optimizer.{pname}.{bname}"] = value
+    entries = [(k, _DTYPE_CODES[v.dtype], tuple(v.shape), np.ascontiguousarray(v).tobytes())
+               for k, v in tensors.items()]
+    from . import __version__
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "chainrule_version": __version__,
+        "config": json.dumps(model.get_config()),
+        "optimizer_step": str(opt["step"]),
+        "rng_state": json.dumps([int(w) for w in net.rng_state()]),
+        "checksum": _checksum(entries),
+    }
+    return st_save(tensors, metadata=metadata)
+
+
+def _parse_header(data: bytes) -> Tuple[Dict[str, Any], Dict[str, str], int]:
+    if len(data) < 8:
+        raise TruncatedFileError(f"file is {len(data)} bytes; a model file starts with an 8-byte "
+                                 "header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES:
+        raise HeaderError(f"header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes; "
+                          "this is not a chainrule model file, or it is damaged")
+    if 8 + n > len(data):
+        raise TruncatedFileError(f"file is {len(data)} bytes but its header needs {8 + n}; the "
+                                 "file is truncated")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise HeaderError(f"header is not valid JSON ({e}); this is not a chainrule model file, "
+                          "or it is damaged") from None
+    if not isinstance(header, dict):
+        raise HeaderError(f"header must be a JSON object, got {type(header).__name__}")
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise NotAModelFileError(
+            "this file has no chainrule model metadata: it is not a chainrule model (a plain "
+            "safetensors state dict loads with model.load_state_dict(safetensors.numpy."
+            "load_file(path)))")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise HeaderError("metadata values must all be strings")
+    return header, meta, 8 + n
+
+
+def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, str, Tuple[int, ...], int, int]]:
+    out = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise HeaderError(f"tensor {name!r}: entry must have dtype, shape and data_offsets")
+        code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in _DTYPES:
+            raise HeaderError(f"tensor {name!r}: dtype {code!r} is not one a model uses "
+                              f"({sorted(_DTYPES)})")
+        if (not isinstance(shape, list) or len(shape) > 8 or
+                not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                        for d in shape)):
+            raise HeaderError(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+        if (not isinstance(offs, list) or len(offs) != 2 or
+                not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise HeaderError(f"tensor {name!r}: data_offsets {offs!r} is not [begin, end]")
+        begin, end = offs
+        count = 1
+        for d in shape:  # Python ints: no overflow, and the bound below rejects absurd products
+            count *= d
+        if not 0 <= begin <= end <= data_len or end - begin != count * _DTYPES[code].itemsize:
+            raise HeaderError(f"tensor {name!r}: data_offsets {offs} do not fit shape {shape} of "
+                              f"{code} within the {data_len} bytes of data")
+        out.append((name, code, tuple(shape), begin, end))
+    # The tensors must tile the data exactly: no overlap, no gap, nothing after.
+    pos = 0
+    for name, _, _, begin, end in sorted(out, key=lambda t: (t[3], t[4])):
+        if begin != pos:
+            raise HeaderError(f"tensor {name!r} starts at {begin}, expected {pos}: overlapping "
+                              "or misplaced data")
+        pos = end
+    if pos != data_len:
+        raise TruncatedFileError(f"tensor data is {data_len} bytes but the header describes "
+                                 f"{pos}") if pos > data_len else HeaderError(
+            f"{data_len - pos} bytes after the last tensor: the file is damaged")
+    return out
+
+
+def from_bytes(data: bytes) -> Any:
+    """Rebuilds a model from :func:`to_bytes`'s output, validating everything first."""
+    from .model import Model
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    header, meta, start = _parse_header(data)
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise HeaderError(f"format_version {meta.get('format_version')!r} is not an integer") from None
+    if version > FORMAT_VERSION or version < 1:
+        raise UnsupportedVersionError(f"model file format version {version}; this chainrule "
+                                      f"reads versions 1..{FORMAT_VERSION} (upgrade chainrule)")
+    entries = _validate_tensors(header, len(data) - start)
+    tensors: Dict[str, np.ndarray] = {}
+    raw_entries = []
+    for name, code, shape, begin, end in entries:
+        raw = data[start + begin:start + end]
+        raw_entries.append((name, code, shape, raw))
+        tensors[name] = np.frombuffer(raw, dtype=_DTYPES[code]).reshape(shape).copy()
+    if meta.get("checksum") != _checksum(raw_entries):
+        raise ChecksumError("tensor data does not match the file's checksum: the file is "
+                            "damaged")
+    try:
+        config = json.loads(meta["config"])
+        step = int(meta.get("optimizer_step", "0"))
+        rng = json.loads(meta.get("rng_state", "null"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise HeaderError(f"metadata is incomplete or malformed: {e}") from None
+    try:
+        model = Model.from_config(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ArchitectureError(f"the saved architecture cannot be built: {e}") from None
+    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    try:
+        model.load_state_dict(params, strict=True)
+    except (ValueError, TypeError) as e:
+        raise ArchitectureError(f"the weights do not fit the saved architecture: {e}") from None
+    opt_params: Dict[str, Dict[str, np.ndarray]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer."):
+            pname, _, bname = k[len("optimizer."):].rpartition(".")
+            opt_params.setdefault(pname, {})[bname] = v
+    try:
+        model.load_optimizer_state({"step": step, "params": opt_params})
+        if rng is not None:
+            if (not isinstance(rng, list) or len(rng) != 4 or
+                    not all(isinstance(w, int) and 0 <= w < 2**64 for w in rng)):
+                raise ValueError(f"rng_state {rng!r} is not 4 unsigned 64-bit words")
+            model._net.set_rng_state(rng)
+    except (ValueError, TypeError) as e:
+        raise ArchitectureError(f"the optimizer or generator state does not fit: {e}") from None
+    return model
+
+
+def save(model: Any, path: Union[str, "os.PathLike[str]"]) -> None:
+    """Writes model to path atomically (temporary file in the same folder, fsync, rename)."""
+    data = to_bytes(model)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load(path: Union[str, "os.PathLike[str]"]) -> Any:
+    """Loads a model saved by :meth:`Model.save`.
+
+    Raises:
+        ModelFileError: (a ValueError) the file is damaged, truncated, of another kind, or of a
+            newer format; the subclass and message say which.
+        OSError: the file cannot be read.
+    """
+    with open(os.fspath(path), "rb") as f:
+        data = f.read()
+    return from_bytes(data)

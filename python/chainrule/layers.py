@@ -1,0 +1,193 @@
+"""Layers: small descriptions of what each step of the network computes.
+
+A layer here holds no weights of its own; the :class:`~chainrule.Model` builds the C++ network
+from the layers and owns the parameters, named as ``torch.nn.Sequential`` names them
+(``"0.weight"``, ``"0.bias"``, ...).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+__all__ = [
+    "Layer", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
+    "LogSoftmax", "layer_from_config",
+]
+
+
+def _check_size(name: str, value: Any, *, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    v = int(value.__index__())
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v}")
+    return v
+
+
+class Layer:
+    """Base class of all layers."""
+
+    #: registry name -> class, filled by subclasses, used to rebuild a saved architecture
+    _registry: Dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Layer._registry[cls.__name__] = cls
+
+    def output_features(self, in_features: int) -> int:
+        """Features per sample this layer produces from ``in_features``."""
+        return in_features
+
+    def spec(self, in_features: int) -> Dict[str, Any]:  # pragma: no cover - abstract
+        """The description the C++ core builds this layer from."""
+        raise NotImplementedError
+
+    def get_config(self) -> Dict[str, Any]:
+        """JSON-able constructor arguments (saved with a model)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+class Dense(Layer):
+    """Fully connected layer: ``y = x Wᵀ + b`` with ``W`` of shape (out_features, in_features).
+
+    Applied to every row of its input, so on a sequence (B, T, F) it acts on each time step, as
+    ``torch.nn.Linear`` does on 3-D input. Parameters are initialised as PyTorch does,
+    ``U(-1/√in, 1/√in)`` for weight and bias.
+
+    Args:
+        in_features: input size; ``None`` infers it from the previous layer or the data.
+            ``Dense(16)`` with a single argument means ``Dense(None, 16)``.
+        out_features: output size.
+        bias: whether to learn an additive bias.
+
+    Raises:
+        ValueError: a size is not positive. TypeError: a size is not an int.
+    """
+
+    def __init__(self, in_features: Optional[int] = None, out_features: Optional[int] = None,
+                 bias: bool = True) -> None:
+        if out_features is None:
+            if in_features is None:
+                raise TypeError("Dense needs out_features, e.g. Dense(2, 16) or Dense(16)")
+            in_features, out_features = None, in_features
+        self.in_features = _check_size("in_features", in_features, allow_none=True)
+        self.out_features = _check_size("out_features", out_features)
+        if not isinstance(bias, (bool, int)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.bias = bool(bias)
+
+    def output_features(self, in_features: int) -> int:
+        if self.in_features is not None and in_features != self.in_features:
+            raise ValueError(f"{self!r} received {in_features} features, "
+                             f"but is expecting {self.in_features} features as input")
+        return self.out_features  # type: ignore[return-value]
+
+    def spec(self, in_features: int) -> Dict[str, Any]:
+        return {"kind": "dense", "in_features": in_features, "out_features": self.out_features,
+                "bias": self.bias}
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias}
+
+    def __repr__(self) -> str:
+        extra = "" if self.bias else ", bias=False"
+        return f"Dense(in={self.in_features}, out={self.out_features}{extra})"
+
+
+class _Activation(Layer):
+    _name = "identity"
+
+    def spec(self, in_features: int) -> Dict[str, Any]:
+        return {"kind": "activation", "activation": self._name}
+
+
+class Identity(_Activation):
+    """``y = x``."""
+    _name = "identity"
+
+
+class Sigmoid(_Activation):
+    """``y = 1 / (1 + e^{-x})``, elementwise."""
+    _name = "sigmoid"
+
+
+class Tanh(_Activation):
+    """``y = tanh(x)``, elementwise."""
+    _name = "tanh"
+
+
+class ReLU(_Activation):
+    """``y = max(x, 0)``, elementwise."""
+    _name = "relu"
+
+
+class LeakyReLU(_Activation):
+    """``y = x if x > 0 else negative_slope · x``, elementwise.
+
+    Args:
+        negative_slope: slope for negative inputs (PyTorch's default 0.01).
+    """
+    _name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+            raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+        self.negative_slope = float(negative_slope)
+
+    def spec(self, in_features: int) -> Dict[str, Any]:
+        return {"kind": "activation", "activation": self._name,
+                "negative_slope": self.negative_slope}
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"negative_slope": self.negative_slope}
+
+
+class Softmax(_Activation):
+    """``y_i = e^{x_i} / Σ_j e^{x_j}`` over the last axis (computed stably)."""
+    _name = "softmax"
+
+
+class LogSoftmax(_Activation):
+    """``y_i = x_i − log Σ_j e^{x_j}`` over the last axis (computed stably)."""
+    _name = "log_softmax"
+
+
+_ALIASES = {"identity": Identity, "linear": Identity, "sigmoid": Sigmoid, "logistic": Sigmoid,
+            "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "softmax": Softmax,
+            "log_softmax": LogSoftmax}
+
+
+def activation(name: str) -> Layer:
+    """The activation layer for a name (``"relu"``, ``"tanh"``, ``"logistic"``, ...)."""
+    try:
+        return _ALIASES[name]()
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; expected one of "
+                         f"{sorted(_ALIASES)}") from None
+
+
+def layer_from_config(config: Dict[str, Any]) -> Layer:
+    """Rebuilds a layer from ``{"type": name, **get_config()}`` (as saved with a model)."""
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    cls = Layer._registry.get(config["type"])
+    if cls is None or cls.__name__.startswith("_"):
+        raise ValueError(f"unknown layer type {config['type']!r}; expected one of "
+                         f"{sorted(k for k in Layer._registry if not k.startswith('_'))}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for layer {config['type']}: {e}") from None

@@ -1,0 +1,722 @@
+"""The Model: a stack of layers, a loss and an optimizer over the C++ core.
+
+The fundamentals, one call each::
+
+    out = model.forward(X)     # weighted sums and activations, layer by layer
+    loss = model.backward(y)   # loss, then the chain rule back through every layer
+    model.step()               # w ← w − η·∇w (or the optimizer's rule)
+    model.zero_grad()          # parameter gradients accumulate until zeroed
+
+``fit`` runs the same loop over minibatches in C++, one Python call per epoch.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._validation import NotFittedError, as_numeric, check_array, check_positive_int
+from .callbacks import Callback, EarlyStopping
+from .history import History
+from .layers import Dense, Layer, Sigmoid, Softmax, LogSoftmax, layer_from_config
+from .losses import Loss, get_loss
+from .optim import Optimizer, get_optimizer
+
+__all__ = ["Model"]
+
+ArrayLike = Any
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_ON_NONFINITE = ("raise", "stop", "ignore")
+# Optimizer state buffers in the core, and the names PyTorch's optimizers give them.
+_STATE_NAMES = {"sgd": {"buf": "momentum_buffer"},
+                "adam": {"buf": "exp_avg", "buf2": "exp_avg_sq", "buf3": "max_exp_avg_sq"}}
+
+
+def _parse_dtype(dtype: Any) -> np.dtype:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return np.dtype(name)
+
+
+def _parse_seed(seed: Any) -> int:
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    s = int(seed.__index__())
+    if s < 0 or s >= 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {s}")
+    return s
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """R² averaged uniformly over outputs, as ``sklearn.metrics.r2_score`` (force_finite)."""
+    y2 = y.reshape(-1, y.shape[-1]).astype(np.float64)
+    p2 = pred.reshape(-1, pred.shape[-1]).astype(np.float64)
+    ss_res = ((y2 - p2) ** 2).sum(axis=0)
+    ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
+    return float(np.mean(_r2_from_sums(ss_res, ss_tot)))
+
+
+def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = 1.0 - ss_res / ss_tot
+    # A constant target: perfect predictions score 1, anything else 0 (scikit-learn's choice).
+    return np.where(ss_tot > 0, r2, np.where(ss_res == 0, 1.0, 0.0))
+
+
+class Model:
+    """A feedforward (or recurrent) network trained by backpropagation.
+
+    Args:
+        layers: the layers in order, e.g. ``[Dense(2, 8), Tanh(), Dense(8, 1)]``.
+        loss: ``"mse"``, ``"bce"``, ``"bce_with_logits"``, ``"cross_entropy"`` or a Loss object.
+        optimizer: an ``SGD(...)`` or ``Adam(...)``, or a name; default ``SGD(lr=0.01)``.
+        dtype: ``"float32"`` or ``"float64"``; every array is computed in it.
+        seed: seeds the model's own generator (initial weights and shuffling); None draws one.
+
+    Raises:
+        ValueError: unknown names, sizes that do not fit together, a bad dtype or seed.
+        TypeError: layers that are not Layer objects.
+    """
+
+    def __init__(self, layers: Sequence[Layer], loss: Union[str, Loss] = "mse",
+                 optimizer: Union[None, str, Optimizer] = None, dtype: Any = "float32",
+                 seed: Optional[int] = None) -> None:
+        if isinstance(layers, Layer):
+            layers = [layers]
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be a list of Layer objects, got {type(layers).__name__}")
+        layers = list(layers)
+        if not layers:
+            raise ValueError("a Model needs at least one layer, got an empty list")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} must be a chainrule Layer (e.g. Dense(2, 4), Tanh()), "
+                                f"got {type(layer).__name__} {layer!r}")
+        self._layers: Tuple[Layer, ...] = tuple(layers)
+        self._loss = get_loss(loss)
+        self._optimizer = get_optimizer(optimizer)
+        self.dtype = _parse_dtype(dtype)
+        self.seed = _parse_seed(seed)
+        self.stop_training = False
+        self._net: Any = None
+        self._in_features: Optional[int] = None
+        self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._warn_double_activation()
+        # The input size is that of the first layer that has one (activations pass it through);
+        # None there means the weights are created from the first data seen.
+        known = None
+        for layer in self._layers:
+            if hasattr(layer, "in_features") or hasattr(layer, "input_size"):
+                known = getattr(layer, "in_features", getattr(layer, "input_size", None))
+                break
+        if known is not None:
+            self._build(int(known))
+
+    # ------------------------------------------------------------------ construction
+    def _warn_double_activation(self) -> None:
+        last = self._layers[-1]
+        if self._loss.name == "cross_entropy" and isinstance(last, (Softmax, LogSoftmax)):
+            warnings.warn("cross_entropy takes logits and applies log_softmax itself (as "
+                          "torch.nn.CrossEntropyLoss); the final Softmax is applied twice. Drop "
+                          "it: predict_proba applies softmax to the logits.", UserWarning,
+                          stacklevel=3)
+        if self._loss.name == "bce_with_logits" and isinstance(last, Sigmoid):
+            warnings.warn("bce_with_logits takes logits and applies the sigmoid itself; the final "
+                          "Sigmoid is applied twice. Drop it, or use loss='bce'.", UserWarning,
+                          stacklevel=3)
+
+    def _layer_specs(self, in_features: int) -> List[Dict[str, Any]]:
+        specs, f = [], in_features
+        for layer in self._layers:
+            specs.append(layer.spec(f))
+            f = layer.output_features(f)
+        return specs
+
+    def _build(self, in_features: int) -> None:
+        specs = self._layer_specs(in_features)
+        cls = _core.Network32 if self.dtype == np.float32 else _core.Network64
+        self._net = cls(specs, in_features, self._loss.name, self._loss.reduction,
+                        self._optimizer._core_config(), self.seed)
+        self._in_features = in_features
+
+    def _require_net(self) -> Any:
+        if self._net is None:
+            raise NotFittedError(
+                "This Model instance has no weights yet: its first layer does not state its "
+                "input size, so the weights are created by the first fit() or forward(). Call "
+                "fit with appropriate arguments before using this model, or give the first "
+                "layer its input size.")
+        return self._net
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def layers(self) -> Tuple[Layer, ...]:
+        """The layers, in order."""
+        return self._layers
+
+    @property
+    def loss(self) -> Loss:
+        """The loss the model trains on."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, loss: Union[str, Loss]) -> None:
+        new = get_loss(loss)
+        if self._net is not None:
+            self._net.set_loss(new.name, new.reduction)
+        self._loss = new
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The optimizer; assigning a new one resets its state (momentum, Adam moments)."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Union[str, Optimizer]) -> None:
+        new = get_optimizer(optimizer)
+        if self._net is not None:
+            self._net.set_optimizer(new._core_config())
+        self._optimizer = new
+
+    @property
+    def n_features_in(self) -> Optional[int]:
+        """Input features per sample (per time step), or None before the first data."""
+        return self._in_features
+
+    @property
+    def is_classifier(self) -> bool:
+        """True for classification losses (bce, bce_with_logits, cross_entropy)."""
+        return self._loss.is_classification
+
+    def parameter_names(self) -> List[str]:
+        """Parameter names in order, as in a PyTorch state dict."""
+        return list(self._require_net().param_names())
+
+    @property
+    def num_parameters(self) -> int:
+        """Total number of trainable scalars."""
+        net = self._require_net()
+        return int(sum(np.prod(net.param_shape(n)) for n in net.param_names()))
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self._layers)]
+        return ("Model(\n" + "\n".join(lines) + f"\n  loss={self._loss!r}, "
+                f"optimizer={self._optimizer!r}, dtype={self.dtype.name}\n)")
+
+    # ------------------------------------------------------------------ input handling
+    def _check_X(self, X: ArrayLike, name: str = "X") -> Tuple[np.ndarray, int]:
+        x = check_array(X, self.dtype, name=name, ndims=self._input_ndims())
+        features = x.shape[-1]
+        if self._net is None:
+            self._build(features)
+        elif features != self._in_features:
+            raise ValueError(f"{name} has {features} features, but Model is expecting "
+                             f"{self._in_features} features as input.")
+        time = x.shape[1] if x.ndim == 3 else 0
+        return x, time
+
+    def _input_ndims(self) -> Tuple[int, ...]:
+        return (2, 3)
+
+    def _output_shape(self, n: int, time: int) -> Tuple[int, ...]:
+        t, f = self._net.output_shape(time)
+        return (n, t, f) if t > 0 else (n, f)
+
+    def _check_y(self, y: ArrayLike, out_shape: Tuple[int, ...]
+                 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """Targets as (float targets, None) or (None, int64 class indices)."""
+        if y is None:
+            raise TypeError("y must be an array-like of targets, got None")
+        raw = as_numeric(y, "y")
+        a = check_array(raw, np.int64 if raw.dtype.kind in "biu" else np.float64, name="y",
+                        ndims=(1, 2, 3), allow_empty=True)
+        n, C = out_shape[0], out_shape[-1]
+        if len(a) != n:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                             f"[{n}, {len(a)}]")
+        if self._loss.name == "cross_entropy":
+            if a.shape == out_shape[:-1] + (1,) and C > 1:
+                a = a.reshape(out_shape[:-1])
+            if a.shape == out_shape[:-1]:
+                if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+                    raise ValueError("Unknown label type: 'continuous'. cross_entropy needs class "
+                                     "indices (integers) of shape "
+                                     f"{out_shape[:-1]} or class probabilities of shape "
+                                     f"{out_shape}.")
+                yi = np.ascontiguousarray(a, dtype=np.int64)
+                lo, hi = int(yi.min()), int(yi.max())
+                if lo < 0 or hi >= C:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"y contains class {bad}, but the model's output has {C} "
+                                     f"classes (expected 0 <= y < {C}).")
+                return None, yi
+            if a.shape != out_shape:
+                raise ValueError(f"y has shape {a.shape}, but cross_entropy expects class "
+                                 f"indices of shape {out_shape[:-1]} or class probabilities of "
+                                 f"shape {out_shape} for this model's output.")
+            return np.ascontiguousarray(a, dtype=self.dtype), None
+        if a.shape == out_shape[:-1] and C == 1:
+            a = a.reshape(out_shape)
+        if a.shape != out_shape:
+            raise ValueError(f"y has shape {a.shape}, but the model's output for this X has shape "
+                             f"{out_shape}; they must match for the {self._loss.name!r} loss.")
+        yf = np.ascontiguousarray(a, dtype=self.dtype)
+        if not np.isfinite(yf).all():
+            raise ValueError("Input y contains NaN or infinity (after conversion to "
+                             f"{self.dtype.name}).")
+        return yf, None
+
+    # ------------------------------------------------------------------ fundamentals
+    def forward(self, X: ArrayLike) -> np.ndarray:
+        """Forward pass, layer by layer: ``a₀ = X, aₗ = fₗ(aₗ₋₁)``; keeps what backward needs.
+
+        Args:
+            X: inputs (n_samples, n_features), or (n_samples, T, n_features) for sequences.
+
+        Returns:
+            The output of the last layer, (n_samples, out) or (n_samples, T, out).
+        """
+        x, time = self._check_X(X)
+        out = self._net.forward(x, x.shape[0], time)
+        self._last_out_shape = self._output_shape(x.shape[0], time)
+        return out.reshape(self._last_out_shape)
+
+    __call__ = forward
+
+    def backward(self, y: Optional[ArrayLike] = None, *,
+                 grad_output: Optional[ArrayLike] = None) -> Optional[float]:
+        """Backward pass by the chain rule, from the last layer to the first.
+
+        With ``y``: computes the loss of the last forward output against y and its gradient,
+        then ``∂L/∂aₗ₋₁ = fₗ'ᵀ · ∂L/∂aₗ`` layer by layer, accumulating (+=) every parameter's
+        gradient. With ``grad_output``: starts from a caller-computed ``∂L/∂output``.
+
+        Returns:
+            The loss (with y), or None (with grad_output).
+
+        Raises:
+            RuntimeError: no forward() ran before. ValueError: targets that do not fit.
+        """
+        if (y is None) == (grad_output is None):
+            raise TypeError("backward takes exactly one of y (targets) or grad_output "
+                            "(dL/d output)")
+        if self._last_out_shape is None:
+            raise RuntimeError("backward() needs a forward() first: call model.forward(X)")
+        if grad_output is not None:
+            g = check_array(grad_output, self.dtype, name="grad_output", ndims=(1, 2, 3))
+            if g.shape != self._last_out_shape:
+                raise ValueError(f"grad_output has shape {g.shape}, but the last forward output "
+                                 f"has shape {self._last_out_shape}")
+            self._net.backward_grad(g)
+            return None
+        yf, yi = self._check_y(y, self._last_out_shape)
+        return float(self._net.backward_loss(yf, yi))
+
+    @property
+    def input_grad(self) -> np.ndarray:
+        """``∂L/∂X`` from the last backward, shaped like the last forward's input."""
+        if self._last_out_shape is None:
+            raise RuntimeError("input_grad needs a forward() and a backward() first")
+        g = self._net.input_grad()
+        n = self._last_out_shape[0]
+        return g.reshape((n,) + ((-1,) if len(self._last_out_shape) == 2 else
+                                 (self._last_out_shape[1], -1)))
+
+    @property
+    def grads(self) -> Dict[str, np.ndarray]:
+        """``∂L/∂θ`` for every parameter (copies), keyed like :meth:`state_dict`."""
+        net = self._require_net()
+        return OrderedDict((n, net.get(n, "grad")) for n in net.param_names())
+
+    def zero_grad(self) -> None:
+        """Sets every parameter gradient to zero (they accumulate across backward calls)."""
+        self._require_net().zero_grad()
+
+    def step(self) -> None:
+        """One optimizer update of every parameter from its gradient: plain SGD is
+        ``w ← w − η·∇w``."""
+        self._require_net().step()
+
+    def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0,
+                       error_if_nonfinite: bool = False) -> float:
+        """Scales all gradients by ``min(1, max_norm / (‖g‖ + 1e-6))``, ‖g‖ the global norm.
+
+        Returns:
+            The global norm before clipping (torch.nn.utils.clip_grad_norm_'s formula).
+
+        Raises:
+            FloatingPointError: the norm is NaN or inf and error_if_nonfinite is set.
+        """
+        max_norm = float(max_norm)
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        norm_type = float(norm_type)
+        if not norm_type > 0:
+            raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
+        return float(self._require_net().clip_grad_norm(max_norm, norm_type,
+                                                        bool(error_if_nonfinite)))
+
+    def clip_grad_value(self, clip_value: float) -> None:
+        """Clamps every gradient element to ``[-clip_value, clip_value]``."""
+        clip_value = float(clip_value)
+        if not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}")
+        self._require_net().clip_grad_value(clip_value)
+
+    # ------------------------------------------------------------------ parameters
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Parameters as name → array (copies), with PyTorch's names and shapes
+        (``"0.weight"`` (out, in), ``"0.bias"`` (out), ...)."""
+        net = self._require_net()
+        return OrderedDict((n, net.get(n, "value")) for n in net.param_names())
+
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
+        """Loads parameters from a dict of name → array (a PyTorch state dict loads unchanged).
+
+        Every name and shape is checked before anything changes; the first mismatch is named.
+
+        Raises:
+            ValueError: missing or unexpected names (with strict), a wrong shape, non-finite values.
+        """
+        net = self._require_net()
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping of name -> array, got "
+                            f"{type(state_dict).__name__}")
+        names = list(net.param_names())
+        missing = [n for n in names if n not in state_dict]
+        unexpected = [k for k in state_dict.keys() if k not in names]
+        if strict and missing:
+            raise ValueError(f"state_dict is missing parameter {missing[0]!r} (expected "
+                             f"{names}); missing: {missing}")
+        if strict and unexpected:
+            raise ValueError(f"state_dict has unexpected parameter {unexpected[0]!r} (expected "
+                             f"{names})")
+        staged = []
+        for n in names:
+            if n not in state_dict:
+                continue
+            v = state_dict[n]
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().numpy()
+            a = np.asarray(v)
+            want = tuple(net.param_shape(n))
+            if a.shape != want:
+                raise ValueError(f"size mismatch for {n!r}: got shape {a.shape}, expected {want}")
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{n!r} must hold real numbers, got dtype {a.dtype}")
+            a = np.ascontiguousarray(a, dtype=self.dtype)
+            if not np.isfinite(a).all():
+                raise ValueError(f"{n!r} contains NaN or infinity")
+            staged.append((n, a))
+        for n, a in staged:
+            net.set(n, "value", a)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: Optional[int] = 32,
+            shuffle: bool = True, validation_split: float = 0.0,
+            validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
+            early_stopping: Union[None, int, EarlyStopping] = None,
+            clip_grad_norm: Optional[float] = None, clip_grad_value: Optional[float] = None,
+            callbacks: Optional[Sequence[Union[Callback, Callable[..., Any]]]] = None,
+            verbose: int = 0, on_nonfinite: str = "raise") -> History:
+        """Trains by minibatch gradient descent: for each batch, forward, loss, backward,
+        clipping, optimizer step. The loop runs in C++ with the GIL released; Ctrl-C raises
+        KeyboardInterrupt within a fraction of a second and leaves the last completed step.
+
+        Args:
+            X: (n_samples, n_features) or (n_samples, T, n_features).
+            y: targets: like the output, or class indices for cross_entropy.
+            epochs: passes over the data (≥ 0).
+            batch_size: samples per step (None: the whole set in one batch).
+            shuffle: reshuffle the samples every epoch with the model's generator.
+            validation_split: the last fraction of X, y held out (before shuffling) for
+                validation, in [0, 1).
+            validation_data: (X_val, y_val); overrides validation_split.
+            early_stopping: None, a patience (int), or an EarlyStopping.
+            clip_grad_norm: clip every step's gradients to this global norm.
+            clip_grad_value: clamp every gradient element to ±this.
+            callbacks: Callback objects, or functions ``f(epoch, logs)``; either may return
+                True to stop.
+            verbose: 0 silent, 1 a line per epoch.
+            on_nonfinite: on a NaN/inf loss or gradient, "raise" FloatingPointError, "stop"
+                with the last finite weights and a warning, or "ignore".
+
+        Returns:
+            A History of the per-epoch loss, metric and validation values.
+        """
+        epochs = check_positive_int("epochs", epochs, allow_zero=True)
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
+        x, time = self._check_X(X)
+        out_shape = self._output_shape(x.shape[0], time)
+        yf, yi = self._check_y(y, out_shape)
+        batch = x.shape[0] if batch_size is None else check_positive_int("batch_size", batch_size)
+        max_norm = 0.0 if clip_grad_norm is None else float(clip_grad_norm)
+        clip_value = 0.0 if clip_grad_value is None else float(clip_grad_value)
+        if clip_grad_norm is not None and not max_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        if clip_grad_value is not None and not clip_value > 0:
+            raise ValueError(f"clip_grad_value must be > 0, got {clip_grad_value!r}")
+
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            xv, tv = self._check_X(validation_data[0], name="X_val")
+            val = (xv, tv) + self._check_y(validation_data[1], self._output_shape(len(xv), tv))
+        elif validation_split:
+            vs = float(validation_split)
+            if not 0.0 <= vs < 1.0:
+                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+            n_val = int(len(x) * vs)
+            if n_val == 0 or n_val == len(x):
+                raise ValueError(f"validation_split={vs} of {len(x)} samples leaves "
+                                 f"{n_val} for validation and {len(x) - n_val} for training; "
+                                 "both need at least one")
+            cut = len(x) - n_val
+            val = (x[cut:], time, None if yf is None else yf[cut:],
+                   None if yi is None else yi[cut:])
+            x = x[:cut]
+            yf = None if yf is None else yf[:cut]
+            yi = None if yi is None else yi[:cut]
+
+        cbs: List[Any] = list(callbacks or [])
+        stopper: Optional[EarlyStopping] = None
+        if early_stopping is not None:
+            stopper = (early_stopping if isinstance(early_stopping, EarlyStopping)
+                       else EarlyStopping(patience=early_stopping))
+            cbs.append(stopper)
+        metric = "accuracy" if self.is_classifier else "r2"
+        history = History()
+        self.stop_training = False
+        for cb in cbs:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
+        try:
+            for epoch in range(epochs):
+                st = self._net.fit_epoch(x, yf, yi, len(x), time, batch, bool(shuffle),
+                                         max_norm, 2.0, False, clip_value,
+                                         on_nonfinite != "ignore")
+                if st["nonfinite_batch"] >= 0 and history.nonfinite is None:
+                    history.nonfinite = (epoch, int(st["nonfinite_batch"]))
+                if st["stopped"]:
+                    where = (f"epoch {epoch + 1}, batch {st['nonfinite_batch'] + 1}")
+                    msg = (f"non-finite loss or gradient ({st['nonfinite_loss']}) at {where}; the "
+                           "weights are those of the last finite step. Lower the learning rate, "
+                           "scale the inputs, or clip the gradients (clip_grad_norm=...).")
+                    if on_nonfinite == "raise":
+                        raise FloatingPointError(msg)
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    if st["batches"] == 0:
+                        break
+                logs = self._epoch_logs(st, metric, max_norm > 0)
+                if val is not None:
+                    logs.update(self._evaluate_arrays(*val, prefix="val_"))
+                history.record(logs)
+                if verbose:
+                    print(f"epoch {epoch + 1}/{epochs} " +
+                          " ".join(f"{k}={v:.6g}" for k, v in logs.items()), flush=True)
+                if st["stopped"]:
+                    break
+                stop = False
+                for cb in cbs:
+                    fn = getattr(cb, "on_epoch_end", None)
+                    r = fn(self, epoch, logs) if fn is not None else cb(epoch, logs)
+                    stop = stop or r is True
+                if stop or self.stop_training:
+                    history.interrupted = not (stopper is not None and stopper.stopped)
+                    break
+        finally:
+            for cb in cbs:
+                if hasattr(cb, "on_train_end"):
+                    cb.on_train_end(self)
+        if stopper is not None and stopper.stopped:
+            history.stopped_early = True
+            history.best_epoch = stopper.best_epoch
+        return history
+
+    @staticmethod
+    def _epoch_logs(st: Dict[str, Any], metric: str, clipped: bool) -> Dict[str, float]:
+        logs = {"loss": st["loss_sum"] / max(st["samples"], 1)}
+        if st["counted"]:
+            if metric == "accuracy":
+                logs[metric] = st["correct"] / st["counted"]
+            else:
+                n = st["counted"]
+                sy, syy = np.asarray(st["sum_y"]), np.asarray(st["sum_yy"])
+                ss_tot = np.maximum(syy - sy * sy / n, 0.0)
+                logs[metric] = float(np.mean(_r2_from_sums(np.asarray(st["sum_sq_err"]), ss_tot)))
+        if clipped and st["batches"]:
+            logs["grad_norm"] = st["grad_norm_sum"] / st["batches"]
+            logs["grad_norm_max"] = st["grad_norm_max"]
+        return logs
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """The network's output for X, (n_samples, out) or (n_samples, T, out).
+
+        Thread-safe: many threads may predict on one model at once.
+        """
+        self._require_net()
+        x, time = self._check_X(X)
+        return self._net.predict(x, len(x), time).reshape(self._output_shape(len(x), time))
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Class probabilities: softmax of the logits (cross_entropy), sigmoid of the logits
+        (bce_with_logits), or the output itself (bce, or a final Softmax layer)."""
+        if not self.is_classifier:
+            raise ValueError(f"predict_proba needs a classification loss, but this model "
+                             f"trains on {self._loss.name!r}")
+        return self._to_proba(self.predict(X))
+
+    def _to_proba(self, out: np.ndarray) -> np.ndarray:
+        if self._loss.name == "cross_entropy":
+            return out if isinstance(self._layers[-1], Softmax) else _softmax(out)
+        if self._loss.name == "bce_with_logits" and not isinstance(self._layers[-1], Sigmoid):
+            return _sigmoid(out)
+        return out
+
+    def predict_classes(self, X: ArrayLike) -> np.ndarray:
+        """Class predictions: argmax over classes (cross_entropy), else probability > 0.5
+        (the last axis dropped when there is one output)."""
+        proba = self.predict_proba(X)
+        return self._classes(proba)
+
+    def _classes(self, proba: np.ndarray) -> np.ndarray:
+        if self._loss.name == "cross_entropy":
+            return proba.argmax(axis=-1)
+        c = (proba > 0.5).astype(np.int64)
+        return c[..., 0] if c.shape[-1] == 1 else c
+
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> Dict[str, float]:
+        """Loss and metric on (X, y): ``{"loss", "accuracy"}`` for classifiers, ``{"loss", "r2"}``
+        for regression (R² averaged over outputs, as scikit-learn's r2_score)."""
+        self._require_net()
+        x, time = self._check_X(X)
+        yf, yi = self._check_y(y, self._output_shape(len(x), time))
+        return self._evaluate_arrays(x, time, yf, yi)
+
+    def _evaluate_arrays(self, x: np.ndarray, time: int, yf: Optional[np.ndarray],
+                         yi: Optional[np.ndarray], prefix: str = "") -> Dict[str, float]:
+        n = len(x)
+        out = self._net.predict(x, n, time)
+        loss = float(self._net.loss_value(out, yf, yi, n, time))
+        out = out.reshape(self._output_shape(n, time))
+        if self.is_classifier:
+            pred = self._classes(self._to_proba(out))
+            if yi is not None:
+                truth = yi
+            elif self._loss.name == "cross_entropy":
+                truth = yf.argmax(axis=-1)
+            else:
+                truth = (yf > 0.5).astype(np.int64)
+                truth = truth[..., 0] if truth.shape[-1] == 1 else truth
+            return {prefix + "loss": loss, prefix + "accuracy": float(np.mean(pred == truth))}
+        return {prefix + "loss": loss, prefix + "r2": r2_score(yf, out)}
+
+    # ------------------------------------------------------------------ persistence
+    def get_config(self) -> Dict[str, Any]:
+        """The architecture as JSON-able data: layers (with inferred sizes), loss, optimizer."""
+        layers = []
+        f = self._in_features
+        for layer in self._layers:
+            cfg = {"type": type(layer).__name__, **layer.get_config()}
+            if f is not None and "in_features" in cfg and cfg["in_features"] is None:
+                cfg["in_features"] = f
+            layers.append(cfg)
+            if f is not None:
+                f = layer.output_features(f)
+        return {"layers": layers, "loss": self._loss.get_config(),
+                "optimizer": {"kind": self._optimizer.kind, **self._optimizer.get_config()},
+                "dtype": self.dtype.name, "seed": self.seed, "in_features": self._in_features}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Model":
+        """Builds a model (fresh weights) from :meth:`get_config`'s output."""
+        layers = [layer_from_config(c) for c in config["layers"]]
+        model = cls(layers, loss=get_loss(config["loss"]),
+                    optimizer=get_optimizer(config["optimizer"]), dtype=config["dtype"],
+                    seed=config["seed"])
+        if model._net is None and config.get("in_features") is not None:
+            model._build(int(config["in_features"]))
+        return model
+
+    def optimizer_state(self) -> Dict[str, Any]:
+        """The optimizer's state: the step count and per-parameter buffers named as PyTorch
+        names them (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)."""
+        net = self._require_net()
+        state: Dict[str, Any] = {"step": int(net.optimizer_steps), "params": OrderedDict()}
+        for n in net.param_names():
+            bufs = {}
+            for key, torch_name in _STATE_NAMES[self._optimizer.kind].items():
+                if key == "buf" and self._optimizer.kind == "sgd" and not net.has_buf(n):
+                    continue
+                a = net.get(n, key)
+                if a is not None:
+                    bufs[torch_name] = a
+            state["params"][n] = bufs
+        return state
+
+    def load_optimizer_state(self, state: Dict[str, Any]) -> None:
+        """Restores what :meth:`optimizer_state` returned (shapes are checked first)."""
+        net = self._require_net()
+        names = _STATE_NAMES[self._optimizer.kind]
+        staged = []
+        for n, bufs in state.get("params", {}).items():
+            if n not in net.param_names():
+                raise ValueError(f"optimizer state names unknown parameter {n!r}")
+            for key, torch_name in names.items():
+                if torch_name in bufs:
+                    a = np.ascontiguousarray(bufs[torch_name], dtype=self.dtype)
+                    if a.shape != tuple(net.param_shape(n)):
+                        raise ValueError(f"optimizer state {n}.{torch_name} has shape {a.shape}, "
+                                         f"expected {tuple(net.param_shape(n))}")
+                    staged.append((n, key, a))
+        for n, key, a in staged:
+            net.set(n, key, a)
+            if key == "buf" and self._optimizer.kind == "sgd":
+                net.set_has_buf(n, True)
+        net.optimizer_steps = int(state.get("step", 0))
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Saves architecture, weights and optimizer state to a safetensors file, atomically
+        (a temporary file in the same folder, fsync, rename): a crash never leaves a
+        half-written file, and the weights load straight into PyTorch."""
+        from .io import save
+        save(self, path)
+
+    def to_bytes(self) -> bytes:
+        """The model as the bytes :meth:`save` writes."""
+        from .io import to_bytes
+        return to_bytes(self)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickling goes through the same safe format: no code in the bytes.
+        return {"chainrule_model": self.to_bytes()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        from .io import from_bytes
+        other = from_bytes(state["chainrule_model"])
+        self.__dict__.update(other.__dict__)
