@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "chainrule/network.hpp"
+#include "chainrule/recurrent.hpp"
 #include "common.hpp"
 
 using namespace chainrule;
@@ -20,6 +21,9 @@ LayerSpec spec_from_dict(const py::dict& d) {
   if (d.contains("bias")) s.bias = d["bias"].cast<bool>();
   if (d.contains("activation")) s.activation = activation_from_name(d["activation"].cast<std::string>());
   if (d.contains("negative_slope")) s.negative_slope = d["negative_slope"].cast<double>();
+  if (d.contains("num_layers")) s.num_layers = d["num_layers"].cast<index_t>();
+  if (d.contains("relu")) s.relu = d["relu"].cast<bool>();
+  if (d.contains("return_sequences")) s.return_sequences = d["return_sequences"].cast<bool>();
   return s;
 }
 
@@ -192,14 +196,22 @@ void bind_one(py::module_& m, const char* name) {
       .def("fit_epoch", [](Net& n, carray<T> X, std::optional<carray<T>> yf,
                            std::optional<carray<std::int64_t>> yi, index_t count, index_t time,
                            index_t batch_size, bool shuffle, double max_norm, double norm_type,
-                           bool error_if_nonfinite, double clip_value, bool stop_on_nonfinite) {
+                           bool error_if_nonfinite, double clip_value, bool stop_on_nonfinite,
+                           index_t bptt_steps, bool stateful, bool record_step_norms) {
         if (X.size() != checked_mul(count, SampleShape{time, n.input_features()}.size()))
           throw std::invalid_argument("fit: input size mismatch");
         const SampleShape out = n.output_shape(time);
         const T* pf = opt_data<T>(yf, checked_mul(count, out.size()), "y");
         const std::int64_t* pi = opt_data<std::int64_t>(yi, checked_mul(count, out.rows()), "y");
         if (!pf && !pi) throw std::invalid_argument("fit needs targets");
-        ClipConfig clip{max_norm, norm_type, error_if_nonfinite, clip_value};
+        FitOptions opt;
+        opt.batch_size = batch_size;
+        opt.shuffle = shuffle;
+        opt.clip = ClipConfig{max_norm, norm_type, error_if_nonfinite, clip_value};
+        opt.stop_on_nonfinite = stop_on_nonfinite;
+        opt.bptt_steps = bptt_steps;
+        opt.stateful = stateful;
+        opt.record_step_norms = record_step_norms;
         EpochStats st;
         bool interrupted = false;
         {
@@ -213,8 +225,7 @@ void bind_one(py::module_& m, const char* name) {
             return PyErr_CheckSignals() != 0;
           };
           try {
-            st = n.fit_epoch(X.data(), pf, pi, count, time, batch_size, shuffle, clip,
-                             stop_on_nonfinite, check);
+            st = n.fit_epoch(X.data(), pf, pi, count, time, opt, check);
           } catch (const Interrupted&) {
             interrupted = true;
           }
@@ -234,12 +245,57 @@ void bind_one(py::module_& m, const char* name) {
         d["sum_y"] = st.sum_y;
         d["sum_yy"] = st.sum_yy;
         d["sum_sq_err"] = st.sum_sq_err;
+        py::dict norms;
+        for (auto& [layer, sums] : st.step_norm_sums) {
+          std::vector<double> mean(sums);
+          for (double& v : mean) v /= double(std::max<index_t>(st.step_norm_count, 1));
+          norms[py::int_(layer)] = mean;
+        }
+        d["step_norms"] = norms;
         return d;
       }, py::arg("X").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
          py::arg("count"), py::arg("time"), py::arg("batch_size"), py::arg("shuffle"),
          py::arg("max_norm") = 0.0,
          py::arg("norm_type") = 2.0, py::arg("error_if_nonfinite") = false,
-         py::arg("clip_value") = 0.0, py::arg("stop_on_nonfinite") = true)
+         py::arg("clip_value") = 0.0, py::arg("stop_on_nonfinite") = true,
+         py::arg("bptt_steps") = 0, py::arg("stateful") = false,
+         py::arg("record_step_norms") = false)
+      .def("is_recurrent", &Net::is_recurrent)
+      .def("set_bptt_memory", [](Net& n, const std::string& mode, std::size_t budget) {
+        if (mode != "all" && mode != "sqrt")
+          throw std::invalid_argument("bptt memory mode must be 'all' or 'sqrt', got '" + mode + "'");
+        n.set_bptt_memory(mode == "all" ? BpttMemory::all : BpttMemory::sqrt, budget);
+      })
+      .def("set_initial_state", [](Net& n, std::size_t layer, std::optional<carray<T>> h0,
+                                   std::optional<carray<T>> c0) {
+        n.set_initial_state(layer, h0 ? h0->data() : nullptr, h0 ? h0->size() : 0,
+                            c0 ? c0->data() : nullptr, c0 ? c0->size() : 0);
+      }, py::arg("layer"), py::arg("h0").noconvert(), py::arg("c0").noconvert())
+      // After forward/backward of a recurrent layer: a dict of its final states, initial-state
+      // gradients, per-step gradient norms and workspace bytes (arrays flat; Python shapes them).
+      .def("recurrent_info", [](const Net& n, std::size_t layer) {
+        std::shared_lock<std::shared_mutex> lock(n.mutex());
+        const auto* rc = dynamic_cast<const RecurrentCache<T>*>(n.layer_cache(layer));
+        if (!rc) throw std::invalid_argument("layer " + std::to_string(layer) + " is not recurrent");
+        auto arr = [](const Buffer<T>& b) -> py::object {
+          if (b.size() == 0) return py::none();
+          carray<T> a = new_array<T>({b.size()});
+          std::memcpy(a.mutable_data(), b.data(), b.bytes());
+          return a;
+        };
+        py::dict d;
+        d["batch"] = rc->B;
+        d["steps"] = rc->steps;
+        d["hn"] = arr(rc->hn);
+        d["cn"] = arr(rc->cn);
+        d["dh0"] = arr(rc->dh0);
+        d["dc0"] = arr(rc->dc0);
+        d["step_norms"] = rc->step_norms;
+        d["workspace_bytes"] = rc->workspace_bytes;
+        d["peak_workspace_bytes"] = rc->peak_workspace_bytes;
+        d["memory"] = rc->memory == BpttMemory::all ? "all" : "sqrt";
+        return d;
+      })
       .def("workspace_bytes", &Net::workspace_bytes);
 }
 

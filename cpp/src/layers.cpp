@@ -101,6 +101,8 @@ template <class T>
 std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec, std::size_t index) {
   if (spec.kind == "dense") return std::make_unique<DenseLayer<T>>(spec, index);
   if (spec.kind == "activation") return std::make_unique<ActivationLayer<T>>(spec);
+  if (spec.kind == "rnn" || spec.kind == "lstm" || spec.kind == "gru")
+    return make_recurrent_layer<T>(spec, index);
   throw std::invalid_argument("unknown layer kind '" + spec.kind + "'");
 }
 

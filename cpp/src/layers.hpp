@@ -10,4 +10,8 @@ namespace chainrule {
 template <class T>
 std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec, std::size_t index);
 
+// The recurrent layers (recurrent.cpp): spec.kind "rnn", "lstm" or "gru".
+template <class T>
+std::unique_ptr<Layer<T>> make_recurrent_layer(const LayerSpec& spec, std::size_t index);
+
 }  // namespace chainrule

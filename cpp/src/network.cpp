@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "chainrule/clip.hpp"
+#include "chainrule/recurrent.hpp"
 #include "layers.hpp"
 
 namespace chainrule {
@@ -98,7 +99,11 @@ Network<T>::Network(const std::vector<LayerSpec>& specs, index_t input_features,
     layers_.push_back(make_layer<T>(specs[i], i));
     for (Param<T>* p : layers_.back()->params()) params_.push_back(p);
   }
-  shapes_ = shapes_for(0);  // validates that the layers fit together
+  for (auto& l : layers_) caches_.push_back(l->make_cache());
+  // Validate that the layers fit together: with a time axis when a recurrent layer needs one.
+  bool recurrent = false;
+  for (auto& l : layers_) recurrent = recurrent || l->is_recurrent();
+  shapes_ = shapes_for(recurrent ? 1 : 0);
   set_optimizer_impl(opt);
   for (auto& l : layers_) l->reset_parameters(rng_);
 }
@@ -157,12 +162,16 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   const std::size_t L = layers_.size();
   if (shapes_.front().time != time) shapes_ = shapes_for(time);
   acts_.resize(L + 1);
-  caches_.resize(L);
   acts_[0].resize(checked_mul(batch, shapes_[0].size()));
   if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
   for (std::size_t i = 0; i < L; ++i) {
     acts_[i + 1].resize(checked_mul(batch, shapes_[i + 1].size()));
-    if (!caches_[i]) caches_[i] = layers_[i]->make_cache();
+    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_[i].get())) {
+      rc->memory = bptt_memory_;
+      if (bptt_budget_ > 0)
+        rc->memory = layers_[i]->bptt_workspace(batch, time, BpttMemory::all) <= bptt_budget_
+                         ? BpttMemory::all : BpttMemory::sqrt;
+    }
     layers_[i]->forward(acts_[i + 1].data(), acts_[i].data(), batch, shapes_[i], caches_[i].get());
   }
   tape_batch_ = batch;
@@ -309,28 +318,94 @@ double Network<T>::loss_value(const T* pred, const T* yf, const std::int64_t* yi
 }
 
 template <class T>
+bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, index_t bs,
+                            index_t time, const FitOptions& opt, EpochStats& st, index_t b,
+                            index_t t_offset, index_t full_time) {
+  forward_impl(x, bs, time);
+  lossgrad_.resize(acts_.back().size());
+  const double loss =
+      loss_and_grad(lossgrad_.data(), acts_.back().data(), yf, yi, bs, shapes_.back());
+  for (Param<T>* p : params_) p->grad.fill_zero();
+  backward_impl(lossgrad_.data(), false);
+  // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
+  // then the weights stay those of the last finite step.
+  if (!std::isfinite(loss) || !all_finite(params_)) {
+    if (st.nonfinite_batch < 0) { st.nonfinite_batch = b; st.nonfinite_loss = loss; }
+    if (opt.stop_on_nonfinite) { st.stopped = true; return false; }
+  }
+  accumulate_metric(st, loss_.kind, acts_.back().data(), yf, yi, bs * shapes_.back().rows(),
+                    shapes_.back().features);
+  if (opt.record_step_norms) {
+    bool first = st.step_norm_sums.empty();
+    std::size_t slot = 0;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      const auto* rc = dynamic_cast<const RecurrentCache<T>*>(caches_[i].get());
+      if (!rc) continue;
+      const index_t cells = index_t(rc->step_norms.size()) / std::max<index_t>(time, 1);
+      if (first) st.step_norm_sums.emplace_back(i, std::vector<double>(std::size_t(cells * full_time)));
+      std::vector<double>& acc = st.step_norm_sums[slot++].second;
+      for (index_t k = 0; k < cells; ++k)
+        for (index_t t = 0; t < time; ++t)
+          acc[std::size_t(k * full_time + t_offset + t)] += rc->step_norms[std::size_t(k * time + t)];
+    }
+    if (t_offset == 0) st.step_norm_count += 1;
+  }
+  if (opt.clip.max_norm > 0) {
+    std::vector<T*> gp;
+    std::vector<index_t> gn;
+    for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
+    const double norm =
+        chainrule::clip_grad_norm(gp.data(), gn.data(), gp.size(), opt.clip.max_norm,
+                                  opt.clip.norm_type, opt.clip.error_if_nonfinite);
+    st.grad_norm_max = std::max(st.grad_norm_max, norm);
+    st.grad_norm_sum += norm;
+  }
+  if (opt.clip.clip_value > 0) {
+    std::vector<T*> gp;
+    std::vector<index_t> gn;
+    for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
+    chainrule::clip_grad_value(gp.data(), gn.data(), gp.size(), opt.clip.clip_value);
+  }
+  step_impl();
+  st.loss_sum += loss * double(bs);
+  st.samples += bs;
+  st.batches += 1;
+  return true;
+}
+
+template <class T>
 EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n,
-                                 index_t time, index_t batch_size, bool shuffle, const ClipConfig& clip,
-                                 bool stop_on_nonfinite, const std::function<bool()>& interrupt) {
+                                 index_t time, const FitOptions& opt,
+                                 const std::function<bool()>& interrupt) {
   ExclusiveUse use(mutex_);
   if (n <= 0) throw std::invalid_argument("fit needs at least one sample, got 0");
-  if (batch_size <= 0)
-    throw std::invalid_argument("batch_size must be positive, got " + std::to_string(batch_size));
-  batch_size = std::min(batch_size, n);
+  if (opt.batch_size <= 0)
+    throw std::invalid_argument("batch_size must be positive, got " +
+                                std::to_string(opt.batch_size));
+  const index_t batch_size = std::min(opt.batch_size, n);
   const std::vector<SampleShape> shapes = shapes_for(time);
   const index_t xs = shapes.front().size();
   const index_t ys = yi ? shapes.back().rows() : shapes.back().size();
+  const index_t k = opt.bptt_steps;
+  if (k > 0 && (time <= 0 || shapes.back().time != time))
+    throw std::invalid_argument(
+        "truncated BPTT (bptt_steps) needs sequence outputs, one per time step (B, T, O); this "
+        "model's output for (B, " + std::to_string(time) + ", F) inputs has no time axis");
   perm_.resize(std::size_t(n));
   std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
-  if (shuffle) rng_.shuffle(perm_.data(), n);
+  if (opt.shuffle) rng_.shuffle(perm_.data(), n);
   xb_.resize(checked_mul(batch_size, xs));
   if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
   else yfb_.resize(checked_mul(batch_size, ys));
-  Buffer<T> grad;
-  std::vector<T*> gp;
-  std::vector<index_t> gn;
-  for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
+  clear_initial_states();
 
+  // Recurrent states carried from chunk to chunk (and, when stateful, batch to batch): the values
+  // of the final states, detached: no gradient flows back through them.
+  auto carry = [&]() {
+    for (auto& c : caches_)
+      if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) { rc->h0 = rc->hn; rc->c0 = rc->cn; }
+  };
+  index_t carried_batch = -1;
   EpochStats st;
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
@@ -341,36 +416,67 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       if (yi) std::memcpy(yib_.data() + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
       else std::memcpy(yfb_.data() + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
     }
-    forward_impl(xb_.data(), bs, time);
-    grad.resize(acts_.back().size());
-    const double loss = loss_and_grad(grad.data(), acts_.back().data(), yi ? nullptr : yfb_.data(),
-                                      yi ? yib_.data() : nullptr, bs, shapes.back());
-    for (Param<T>* p : params_) p->grad.fill_zero();
-    backward_impl(grad.data(), false);
-    // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
-    // then the weights stay those of the last finite step.
-    if (!std::isfinite(loss) || !all_finite(params_)) {
-      if (st.nonfinite_batch < 0) { st.nonfinite_batch = b; st.nonfinite_loss = loss; }
-      if (stop_on_nonfinite) { st.stopped = true; return st; }
+    if (!opt.stateful || bs != carried_batch) clear_initial_states();
+    const std::int64_t* ybi = yi ? yib_.data() : nullptr;
+    const T* ybf = yi ? nullptr : yfb_.data();
+    if (k <= 0) {
+      if (!train_step(xb_.data(), ybf, ybi, bs, time, opt, st, b, 0, time)) return st;
+      if (opt.stateful) carry();
+    } else {
+      // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F).
+      const index_t F = shapes.front().features, per_step = ys / time;
+      for (index_t c0 = 0; c0 < time; c0 += k) {
+        const index_t kk = std::min(k, time - c0);
+        xc_.resize(checked_mul(bs, kk * F));
+        for (index_t r = 0; r < bs; ++r)
+          std::memcpy(xc_.data() + r * kk * F, xb_.data() + (r * time + c0) * F,
+                      std::size_t(kk * F) * sizeof(T));
+        if (yi) {
+          yic_.resize(std::size_t(bs * kk));
+          for (index_t r = 0; r < bs; ++r)
+            std::memcpy(yic_.data() + r * kk, yib_.data() + r * time + c0,
+                        std::size_t(kk) * sizeof(std::int64_t));
+        } else {
+          yfc_.resize(checked_mul(bs, kk * per_step));
+          for (index_t r = 0; r < bs; ++r)
+            std::memcpy(yfc_.data() + r * kk * per_step, yfb_.data() + (r * time + c0) * per_step,
+                        std::size_t(kk * per_step) * sizeof(T));
+        }
+        if (!train_step(xc_.data(), yi ? nullptr : yfc_.data(), yi ? yic_.data() : nullptr, bs,
+                        kk, opt, st, b, c0, time))
+          return st;
+        carry();
+      }
     }
-    accumulate_metric(st, loss_.kind, acts_.back().data(), yi ? nullptr : yfb_.data(),
-                      yi ? yib_.data() : nullptr, bs * shapes.back().rows(),
-                      shapes.back().features);
-    if (clip.max_norm > 0) {
-      const double norm = chainrule::clip_grad_norm(gp.data(), gn.data(), gp.size(), clip.max_norm,
-                                                    clip.norm_type, clip.error_if_nonfinite);
-      st.grad_norm_max = std::max(st.grad_norm_max, norm);
-      st.grad_norm_sum += norm;
-    }
-    if (clip.clip_value > 0)
-      chainrule::clip_grad_value(gp.data(), gn.data(), gp.size(), clip.clip_value);
-    step_impl();
-    st.loss_sum += loss * double(bs);
-    st.samples += bs;
-    st.batches += 1;
+    carried_batch = bs;
     if (interrupt && interrupt()) throw Interrupted();
   }
   return st;
+}
+
+template <class T>
+void Network<T>::set_bptt_memory(BpttMemory m, std::size_t budget_bytes) {
+  ExclusiveUse use(mutex_);
+  bptt_memory_ = m;
+  bptt_budget_ = budget_bytes;
+}
+
+template <class T>
+void Network<T>::set_initial_state(std::size_t layer, const T* h0, index_t h0_size, const T* c0,
+                                   index_t c0_size) {
+  ExclusiveUse use(mutex_);
+  auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_.at(layer).get());
+  if (!rc) throw std::invalid_argument("layer " + std::to_string(layer) + " is not recurrent");
+  rc->h0.resize(h0 ? h0_size : 0);
+  if (h0) std::memcpy(rc->h0.data(), h0, std::size_t(h0_size) * sizeof(T));
+  rc->c0.resize(c0 ? c0_size : 0);
+  if (c0) std::memcpy(rc->c0.data(), c0, std::size_t(c0_size) * sizeof(T));
+}
+
+template <class T>
+void Network<T>::clear_initial_states() {
+  for (auto& c : caches_)
+    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) { rc->h0.resize(0); rc->c0.resize(0); }
 }
 
 template <class T>

@@ -17,14 +17,15 @@ from .callbacks import Callback, EarlyStopping
 from .history import History
 from .io import (ArchitectureError, ChecksumError, HeaderError, ModelFileError,
                  NotAModelFileError, TruncatedFileError, UnsupportedVersionError, from_bytes, load)
-from .layers import (Dense, Identity, Layer, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh)
+from .layers import (GRU, LSTM, RNN, Dense, Identity, Layer, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
+                     Softmax, Tanh)
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Model
 from .optim import SGD, Adam, Optimizer
 
 __all__ = [
     "__version__", "Model", "History", "Callback", "EarlyStopping", "NotFittedError",
-    "Layer", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
+    "Layer", "Dense", "RNN", "LSTM", "GRU", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
     "Loss", "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops",
     "ModelFileError", "TruncatedFileError", "HeaderError", "NotAModelFileError",

@@ -27,6 +27,8 @@ class History:
         self.best_epoch: Optional[int] = None
         self.nonfinite: Optional[tuple] = None
         self.interrupted = False
+        #: with fit(record_grad_norms=True): layer index -> one (num_layers, T) array per epoch
+        self.timestep_grad_norms: Dict[int, List[Any]] = {}
 
     def record(self, logs: Dict[str, float]) -> None:
         for k, v in logs.items():

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 
 __all__ = [
     "Layer", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
-    "LogSoftmax", "layer_from_config",
+    "LogSoftmax", "RNN", "LSTM", "GRU", "layer_from_config",
 ]
 
 
@@ -191,3 +191,90 @@ def layer_from_config(config: Dict[str, Any]) -> Layer:
         return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for layer {config['type']}: {e}") from None
+
+
+class _Recurrent(Layer):
+    """Base of the recurrent layers (batch-first input (B, T, input_size))."""
+
+    _kind = "rnn"
+    _gates = 1
+
+    def __init__(self, input_size: Optional[int], hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, return_sequences: bool = True) -> None:
+        self.input_size = _check_size("input_size", input_size, allow_none=True)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        if not isinstance(bias, (bool, int)) or not isinstance(return_sequences, (bool, int)):
+            raise TypeError("bias and return_sequences must be bools")
+        self.bias = bool(bias)
+        self.return_sequences = bool(return_sequences)
+
+    def output_features(self, in_features: int) -> int:
+        if self.input_size is not None and in_features != self.input_size:
+            raise ValueError(f"{self!r} received {in_features} features per step, "
+                             f"but is expecting {self.input_size} features as input")
+        return self.hidden_size  # type: ignore[return-value]
+
+    def spec(self, in_features: int) -> Dict[str, Any]:
+        return {"kind": self._kind, "in_features": in_features, "out_features": self.hidden_size,
+                "num_layers": self.num_layers, "bias": self.bias,
+                "return_sequences": self.return_sequences}
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "bias": self.bias,
+                "return_sequences": self.return_sequences}
+
+
+class RNN(_Recurrent):
+    """Elman RNN, PyTorch's ``nn.RNN``: ``h_t = act(x_t W_ihᵀ + b_ih + h_{t−1} W_hhᵀ + b_hh)``.
+
+    Input (B, T, input_size), batch-first. Output every ``h_t`` (B, T, H) with
+    ``return_sequences=True``, else the last one (B, H). Parameters per stacked layer k:
+    ``weight_ih_l{k}`` (H, I_k), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H),
+    initialised ``U(−1/√H, 1/√H)`` as in PyTorch.
+
+    Args:
+        input_size: features per step (None: inferred). hidden_size: H.
+        nonlinearity: ``"tanh"`` or ``"relu"``. num_layers: stacked cells. bias: learn biases.
+        return_sequences: output every step, or the last.
+    """
+
+    _kind = "rnn"
+
+    def __init__(self, input_size: Optional[int], hidden_size: int, nonlinearity: str = "tanh",
+                 num_layers: int = 1, bias: bool = True, return_sequences: bool = True) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, return_sequences)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+
+    def spec(self, in_features: int) -> Dict[str, Any]:
+        return {**super().spec(in_features), "relu": self.nonlinearity == "relu"}
+
+    def get_config(self) -> Dict[str, Any]:
+        cfg = super().get_config()
+        cfg["nonlinearity"] = self.nonlinearity
+        return cfg
+
+
+class LSTM(_Recurrent):
+    """LSTM, PyTorch's ``nn.LSTM`` with gates in the order i, f, g, o:
+    ``i,f,o = σ(·), g = tanh(·), c_t = f⊙c_{t−1} + i⊙g, h_t = o⊙tanh(c_t)``.
+
+    Parameters per stacked layer k: ``weight_ih_l{k}`` (4H, I_k), ``weight_hh_l{k}`` (4H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H). See :class:`RNN` for the arguments.
+    """
+
+    _kind = "lstm"
+
+
+class GRU(_Recurrent):
+    """GRU, PyTorch's ``nn.GRU`` with gates r, z, n:
+    ``r,z = σ(·), n = tanh(x W_inᵀ + b_in + r⊙(h W_hnᵀ + b_hn)), h_t = (1−z)⊙n + z⊙h_{t−1}``.
+
+    Parameters per stacked layer k: ``weight_ih_l{k}`` (3H, I_k), ``weight_hh_l{k}`` (3H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H). See :class:`RNN` for the arguments.
+    """
+
+    _kind = "gru"

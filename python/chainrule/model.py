@@ -23,7 +23,7 @@ from . import _core
 from ._validation import NotFittedError, as_numeric, check_array, check_positive_int
 from .callbacks import Callback, EarlyStopping
 from .history import History
-from .layers import Dense, Layer, Sigmoid, Softmax, LogSoftmax, layer_from_config
+from .layers import Layer, LogSoftmax, Sigmoid, Softmax, _Recurrent, layer_from_config
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 
@@ -85,6 +85,27 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
     return np.where(ss_tot > 0, r2, np.where(ss_res == 0, 1.0, 0.0))
 
 
+def _warn_gradient_flow(profile: np.ndarray, layer: int, factor: float) -> bool:
+    """Warns when ‖∂L/∂h_t‖ changes by more than factor between the last and the first step."""
+    first, last = profile[-1, 0], profile[-1, -1]
+    if not (np.isfinite(first) and np.isfinite(last)) or last == 0:
+        return False
+    ratio = first / last
+    if ratio < 1.0 / factor:
+        warnings.warn(f"vanishing gradient in layer {layer}: ‖∂L/∂h_t‖ falls by a factor of "
+                      f"{1 / max(ratio, 1e-300):.3g} from the last time step to the first (more "
+                      f"than {factor:g}); early steps barely learn. Gated cells (LSTM, GRU) keep "
+                      "it flowing.", RuntimeWarning, stacklevel=3)
+        return True
+    if ratio > factor:
+        warnings.warn(f"exploding gradient in layer {layer}: ‖∂L/∂h_t‖ grows by a factor of "
+                      f"{ratio:.3g} from the last time step to the first (more than {factor:g}); "
+                      "clip it with clip_grad_norm=... or lower the learning rate.",
+                      RuntimeWarning, stacklevel=3)
+        return True
+    return False
+
+
 class Model:
     """A feedforward (or recurrent) network trained by backpropagation.
 
@@ -123,6 +144,7 @@ class Model:
         self._net: Any = None
         self._in_features: Optional[int] = None
         self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._bptt_memory: Union[str, int] = "all"
         self._warn_double_activation()
         # The input size is that of the first layer that has one (activations pass it through);
         # None there means the weights are created from the first data seen.
@@ -227,7 +249,16 @@ class Model:
 
     # ------------------------------------------------------------------ input handling
     def _check_X(self, X: ArrayLike, name: str = "X") -> Tuple[np.ndarray, int]:
-        x = check_array(X, self.dtype, name=name, ndims=self._input_ndims())
+        ndims = self._input_ndims()
+        raw = as_numeric(X, name)
+        if ndims == (3,) and raw.ndim == 2:
+            raise ValueError(f"Expected 3D array (batch, time, features) for a recurrent model, got "
+                             f"2D array of shape {raw.shape} instead. Reshape a single sequence "
+                             f"with X[None] or a batch of one-step sequences with X[:, None, :].")
+        if raw.ndim == 3 and raw.shape[0] > 0 and raw.shape[1] == 0:
+            raise ValueError(f"{name} holds sequences of length 0 (shape={raw.shape}); a sequence "
+                             "needs at least one time step")
+        x = check_array(raw, self.dtype, name=name, ndims=ndims)
         features = x.shape[-1]
         if self._net is None:
             self._build(features)
@@ -238,7 +269,10 @@ class Model:
         return x, time
 
     def _input_ndims(self) -> Tuple[int, ...]:
-        return (2, 3)
+        return (3,) if self._recurrent_indices() else (2, 3)
+
+    def _recurrent_indices(self) -> List[int]:
+        return [i for i, layer in enumerate(self._layers) if isinstance(layer, _Recurrent)]
 
     def _output_shape(self, n: int, time: int) -> Tuple[int, ...]:
         t, f = self._net.output_shape(time)
@@ -289,16 +323,27 @@ class Model:
         return yf, None
 
     # ------------------------------------------------------------------ fundamentals
-    def forward(self, X: ArrayLike) -> np.ndarray:
+    def forward(self, X: ArrayLike, initial_state: Any = None,
+                bptt_memory: Union[None, str, int] = None) -> np.ndarray:
         """Forward pass, layer by layer: ``a₀ = X, aₗ = fₗ(aₗ₋₁)``; keeps what backward needs.
 
         Args:
             X: inputs (n_samples, n_features), or (n_samples, T, n_features) for sequences.
+            initial_state: for a recurrent model, h0 of shape (num_layers, n_samples, hidden)
+                (PyTorch's layout; (n_samples, hidden) is accepted for one layer), or (h0, c0)
+                for an LSTM; a dict {layer index: state} for several recurrent layers. None:
+                zeros.
+            bptt_memory: what the following backward keeps: "all" (every state), "sqrt"
+                (a checkpoint every ~√T steps, segments recomputed; bitwise the same
+                gradients), or a budget in bytes ("all" when it fits, else "sqrt"). None: the
+                model's :attr:`bptt_memory`.
 
         Returns:
             The output of the last layer, (n_samples, out) or (n_samples, T, out).
         """
         x, time = self._check_X(X)
+        self._apply_bptt_memory(bptt_memory)
+        self._apply_initial_state(initial_state, len(x))
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
         return out.reshape(self._last_out_shape)
@@ -385,6 +430,120 @@ class Model:
             raise ValueError(f"clip_value must be > 0, got {clip_value}")
         self._require_net().clip_grad_value(clip_value)
 
+    # ------------------------------------------------------------------ recurrent layers
+    @property
+    def bptt_memory(self) -> Union[str, int]:
+        """What backpropagation through time keeps: "all", "sqrt", or a byte budget."""
+        return self._bptt_memory
+
+    @bptt_memory.setter
+    def bptt_memory(self, value: Union[str, int]) -> None:
+        self._bptt_memory = self._parse_bptt_memory(value)
+
+    @staticmethod
+    def _parse_bptt_memory(value: Union[str, int]) -> Union[str, int]:
+        if isinstance(value, str):
+            if value not in ("all", "sqrt"):
+                raise ValueError(f"bptt_memory must be 'all', 'sqrt' or a byte budget, got "
+                                 f"{value!r}")
+            return value
+        if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) <= 0:
+            raise ValueError(f"bptt_memory must be 'all', 'sqrt' or a positive byte budget, "
+                             f"got {value!r}")
+        return int(value)
+
+    def _apply_bptt_memory(self, value: Union[None, str, int]) -> None:
+        mode = self._bptt_memory if value is None else self._parse_bptt_memory(value)
+        if isinstance(mode, str):
+            self._net.set_bptt_memory(mode, 0)
+        else:
+            self._net.set_bptt_memory("all", mode)
+
+    def _recurrent_layer(self, layer: Optional[int]) -> int:
+        rec = self._recurrent_indices()
+        if not rec:
+            raise ValueError("this model has no recurrent layer")
+        if layer is None:
+            return rec[0]
+        if layer not in rec:
+            raise ValueError(f"layer {layer} is not recurrent; the recurrent layers are {rec}")
+        return layer
+
+    def _apply_initial_state(self, initial_state: Any, batch: int) -> None:
+        rec = self._recurrent_indices()
+        for i in rec:
+            self._net.set_initial_state(i, None, None)
+        if initial_state is None:
+            return
+        if not rec:
+            raise ValueError("initial_state is for recurrent layers; this model has none")
+        states = initial_state if isinstance(initial_state, dict) else {rec[0]: initial_state}
+        for i, state in states.items():
+            i = self._recurrent_layer(i)
+            layer = self._layers[i]
+            is_lstm = type(layer).__name__ == "LSTM"
+            if is_lstm:
+                if not isinstance(state, (tuple, list)) or len(state) != 2:
+                    raise ValueError("an LSTM's initial_state is a pair (h0, c0)")
+                h0, c0 = state
+            else:
+                h0, c0 = state, None
+            want = (layer.num_layers, batch, layer.hidden_size)
+            arrays = []
+            for name, a in (("h0", h0), ("c0", c0)):
+                if a is None:
+                    arrays.append(None)
+                    continue
+                a = check_array(a, self.dtype, name=name, ndims=(2, 3))
+                if a.ndim == 2 and layer.num_layers == 1:
+                    a = a[None]
+                if a.shape != want:
+                    raise ValueError(f"{name} has shape {a.shape}, but layer {i} ({layer!r}) with "
+                                     f"this batch expects (num_layers, batch, hidden_size) = {want}")
+                arrays.append(np.ascontiguousarray(a))
+            self._net.set_initial_state(i, arrays[0], arrays[1])
+
+    def _recurrent_info(self, layer: Optional[int]) -> Tuple[int, Dict[str, Any]]:
+        i = self._recurrent_layer(layer)
+        info = self._require_net().recurrent_info(i)
+        if info["steps"] == 0:
+            raise RuntimeError("no forward has run through the recurrent layer yet")
+        return i, info
+
+    def final_state(self, layer: Optional[int] = None) -> Any:
+        """The final state of a recurrent layer after the last forward: h_n of shape
+        (num_layers, batch, hidden), or (h_n, c_n) for an LSTM (PyTorch's layout)."""
+        i, info = self._recurrent_info(layer)
+        shape = (self._layers[i].num_layers, info["batch"], self._layers[i].hidden_size)
+        h = info["hn"].reshape(shape)
+        return (h, info["cn"].reshape(shape)) if info["cn"] is not None else h
+
+    def initial_state_grad(self, layer: Optional[int] = None) -> Any:
+        """``∂L/∂h0`` (and ``∂L/∂c0`` for an LSTM) from the last backward, shaped like h0."""
+        i, info = self._recurrent_info(layer)
+        if info["dh0"] is None:
+            raise RuntimeError("initial_state_grad needs a backward() first")
+        shape = (self._layers[i].num_layers, info["batch"], self._layers[i].hidden_size)
+        h = info["dh0"].reshape(shape)
+        return (h, info["dc0"].reshape(shape)) if info["dc0"] is not None else h
+
+    def timestep_grad_norms(self, layer: Optional[int] = None) -> np.ndarray:
+        """Per-timestep gradient norms ``‖∂L/∂h_t‖`` (over the batch) from the last backward,
+        shape (num_layers, T): where they shrink towards t = 0 the gradient vanishes, where they
+        grow it explodes."""
+        i, info = self._recurrent_info(layer)
+        norms = np.asarray(info["step_norms"], dtype=np.float64)
+        if norms.size == 0:
+            raise RuntimeError("timestep_grad_norms needs a backward() first")
+        return norms.reshape(self._layers[i].num_layers, info["steps"])
+
+    def bptt_workspace(self, layer: Optional[int] = None) -> Dict[str, Any]:
+        """Bytes the last BPTT of a recurrent layer held (states, gates, checkpoints, gate
+        gradients; not its input and output sequences): ``{"workspace_bytes",
+        "peak_workspace_bytes", "memory"}``."""
+        _, info = self._recurrent_info(layer)
+        return {k: info[k] for k in ("workspace_bytes", "peak_workspace_bytes", "memory")}
+
     # ------------------------------------------------------------------ parameters
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameters as name → array (copies), with PyTorch's names and shapes
@@ -440,7 +599,9 @@ class Model:
             early_stopping: Union[None, int, EarlyStopping] = None,
             clip_grad_norm: Optional[float] = None, clip_grad_value: Optional[float] = None,
             callbacks: Optional[Sequence[Union[Callback, Callable[..., Any]]]] = None,
-            verbose: int = 0, on_nonfinite: str = "raise") -> History:
+            verbose: int = 0, on_nonfinite: str = "raise", bptt_steps: Optional[int] = None,
+            stateful: bool = False, bptt_memory: Union[None, str, int] = None,
+            record_grad_norms: bool = False, grad_norm_warn_factor: float = 1e3) -> History:
         """Trains by minibatch gradient descent: for each batch, forward, loss, backward,
         clipping, optimizer step. The loop runs in C++ with the GIL released; Ctrl-C raises
         KeyboardInterrupt within a fraction of a second and leaves the last completed step.
@@ -462,11 +623,27 @@ class Model:
             verbose: 0 silent, 1 a line per epoch.
             on_nonfinite: on a NaN/inf loss or gradient, "raise" FloatingPointError, "stop"
                 with the last finite weights and a warning, or "ignore".
+            bptt_steps: truncated BPTT: cut each minibatch of sequences into chunks of this many
+                steps, carry the recurrent state (detached) from chunk to chunk, one loss,
+                backward and step per chunk. None: full BPTT.
+            stateful: carry the recurrent state across minibatches too (batches of equal size;
+                sample i of a batch continues sample i of the previous one: use shuffle=False).
+            bptt_memory: "all", "sqrt" or a byte budget (see :meth:`forward`).
+            record_grad_norms: record each epoch's mean per-timestep gradient norms
+                ``‖∂L/∂h_t‖`` in ``history.timestep_grad_norms[layer]``, and warn when they
+                shrink or grow by more than ``grad_norm_warn_factor`` across the sequence.
 
         Returns:
             A History of the per-epoch loss, metric and validation values.
         """
         epochs = check_positive_int("epochs", epochs, allow_zero=True)
+        steps = 0 if bptt_steps is None else check_positive_int("bptt_steps", bptt_steps)
+        if (steps or stateful or record_grad_norms) and not self._recurrent_indices():
+            raise ValueError("bptt_steps, stateful and record_grad_norms are for models with a "
+                             "recurrent layer (RNN, LSTM, GRU)")
+        warn_factor = float(grad_norm_warn_factor)
+        if not warn_factor > 1:
+            raise ValueError(f"grad_norm_warn_factor must be > 1, got {grad_norm_warn_factor!r}")
         if on_nonfinite not in _ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
         x, time = self._check_X(X)
@@ -509,7 +686,9 @@ class Model:
                        else EarlyStopping(patience=early_stopping))
             cbs.append(stopper)
         metric = "accuracy" if self.is_classifier else "r2"
+        self._apply_bptt_memory(bptt_memory)
         history = History()
+        warned = False
         self.stop_training = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
@@ -518,7 +697,13 @@ class Model:
             for epoch in range(epochs):
                 st = self._net.fit_epoch(x, yf, yi, len(x), time, batch, bool(shuffle),
                                          max_norm, 2.0, False, clip_value,
-                                         on_nonfinite != "ignore")
+                                         on_nonfinite != "ignore", steps, bool(stateful),
+                                         bool(record_grad_norms))
+                for layer, norms in st["step_norms"].items():
+                    profile = np.asarray(norms).reshape(self._layers[layer].num_layers, time)
+                    history.timestep_grad_norms.setdefault(layer, []).append(profile)
+                    if not warned:
+                        warned = _warn_gradient_flow(profile, layer, warn_factor)
                 if st["nonfinite_batch"] >= 0 and history.nonfinite is None:
                     history.nonfinite = (epoch, int(st["nonfinite_batch"]))
                 if st["stopped"]:

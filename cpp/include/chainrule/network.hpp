@@ -42,6 +42,10 @@ struct Param {
   index_t size() const { return value.size(); }
 };
 
+// How much a recurrent layer keeps for backpropagation through time: every state and gate, or a
+// checkpoint every ~sqrt(T) steps with each segment recomputed before its backward.
+enum class BpttMemory { all, sqrt };
+
 // What backward needs beyond a layer's input and output (recurrent layers keep their states).
 struct LayerCache {
   virtual ~LayerCache() = default;
@@ -49,10 +53,13 @@ struct LayerCache {
 
 // Description of one layer, as the Python side builds it.
 struct LayerSpec {
-  std::string kind;                 // "dense" or "activation"
-  index_t in_features = 0;          // dense
-  index_t out_features = 0;         // dense
-  bool bias = true;                 // dense
+  std::string kind;                 // "dense", "activation", "rnn", "lstm" or "gru"
+  index_t in_features = 0;          // dense; input_size for recurrent layers
+  index_t out_features = 0;         // dense; hidden_size for recurrent layers
+  bool bias = true;                 // dense and recurrent
+  index_t num_layers = 1;           // recurrent: stacked cells
+  bool relu = false;                // rnn: nonlinearity relu instead of tanh
+  bool return_sequences = true;     // recurrent: every h_t (B, T, H), or the last h (B, H)
   Activation activation = Activation::identity;  // activation
   double negative_slope = 0.01;     // leaky_relu
 };
@@ -71,6 +78,9 @@ class Layer {
   virtual void backward(T* dx, const T* dy, const T* x, const T* y, index_t batch,
                         const SampleShape& in, LayerCache* cache) = 0;
   virtual std::unique_ptr<LayerCache> make_cache() const { return nullptr; }
+  virtual bool is_recurrent() const { return false; }
+  // Bytes of BPTT workspace one forward + backward of (batch, time) needs with that memory mode.
+  virtual std::size_t bptt_workspace(index_t batch, index_t time, BpttMemory m) const { return 0; }
   virtual std::vector<Param<T>*> params() { return {}; }
   // PyTorch's default initialisation for the layer's parameters, drawn from rng.
   virtual void reset_parameters(Rng& rng) {}
@@ -107,6 +117,21 @@ struct EpochStats {
   index_t nonfinite_batch = -1;  // first batch whose loss or gradient was NaN or inf, or -1
   double nonfinite_loss = 0;
   bool stopped = false;      // the epoch stopped at nonfinite_batch without stepping on it
+  // With record_step_norms: per recurrent layer index, the per-timestep norms ||dL/dh_t||
+  // (num_layers x T, row-major) summed over the epoch's backward passes, and how many were summed.
+  std::vector<std::pair<std::size_t, std::vector<double>>> step_norm_sums;
+  index_t step_norm_count = 0;
+};
+
+// Options of the training loop beyond the minibatch.
+struct FitOptions {
+  index_t batch_size = 32;
+  bool shuffle = true;
+  ClipConfig clip;
+  bool stop_on_nonfinite = true;
+  index_t bptt_steps = 0;     // > 0: truncated BPTT in chunks of this many steps
+  bool stateful = false;      // carry recurrent states across minibatches (same batch size)
+  bool record_step_norms = false;
 };
 
 // Thrown by fit_epoch when the interrupt callback asks to stop; the network is left at its last
@@ -173,9 +198,24 @@ class Network {
   // One epoch over X (n, sample) and targets: minibatches of batch_size (the last may be smaller),
   // in an order shuffled by the network's generator when shuffle is set. interrupt() is called
   // after every step; when it returns true, Interrupted is thrown.
+  // With bptt_steps = k, each minibatch of sequences is cut into chunks of k steps; the recurrent
+  // states are carried (detached) from chunk to chunk, with one loss, backward and step per chunk.
   EpochStats fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n, index_t time,
-                       index_t batch_size, bool shuffle, const ClipConfig& clip,
-                       bool stop_on_nonfinite, const std::function<bool()>& interrupt);
+                       const FitOptions& opt, const std::function<bool()>& interrupt);
+
+  // ---- recurrent layers ----
+  bool is_recurrent(std::size_t layer) const { return layers_.at(layer)->is_recurrent(); }
+  // Memory mode for BPTT; with budget_bytes > 0, "all" when it fits the budget, else "sqrt".
+  void set_bptt_memory(BpttMemory m, std::size_t budget_bytes);
+  // Initial states (num_layers, batch, hidden) of a recurrent layer for the next forward calls;
+  // nullptr means zeros. fit starts from zeros whatever was set here.
+  void set_initial_state(std::size_t layer, const T* h0, index_t h0_size, const T* c0,
+                         index_t c0_size);
+  // The cache of a recurrent layer after forward/backward (final states, dh0, step norms,
+  // workspace bytes), or nullptr.
+  const LayerCache* layer_cache(std::size_t layer) const {
+    return layer < caches_.size() ? caches_[layer].get() : nullptr;
+  }
 
   // Bytes held by the training workspace (tape, gradients, batch buffers).
   std::size_t workspace_bytes() const;
@@ -185,11 +225,17 @@ class Network {
 
  private:
   void forward_impl(const T* x, index_t batch, index_t time);
+  // One optimizer step on a gathered minibatch: forward, loss, backward, clip, step. Adds to st;
+  // returns false when a non-finite loss or gradient stopped it before the step.
+  bool train_step(const T* x, const T* yf, const std::int64_t* yi, index_t batch, index_t time,
+                  const FitOptions& opt, EpochStats& st, index_t batch_index, index_t t_offset,
+                  index_t full_time);
   double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi, index_t batch,
                        const SampleShape& out) const;
   void backward_impl(const T* grad_output, bool need_input_grad);
   void step_impl();
   void set_optimizer_impl(OptimizerConfig opt);
+  void clear_initial_states();
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   index_t input_features_ = 0;
@@ -205,8 +251,11 @@ class Network {
   std::vector<std::unique_ptr<LayerCache>> caches_;
   index_t tape_batch_ = 0;
   Buffer<T> g0_, g1_, dx_;
-  Buffer<T> xb_, yfb_;
-  std::vector<std::int64_t> yib_, perm_;
+  Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
+  std::vector<std::int64_t> yib_, yic_, perm_;
+
+  BpttMemory bptt_memory_ = BpttMemory::all;
+  std::size_t bptt_budget_ = 0;
 
   mutable std::shared_mutex mutex_;
 };

@@ -1,0 +1,60 @@
+// Recurrent layers (Elman RNN, LSTM, GRU) with PyTorch's math, parameter names, shapes and gate
+// orders, and backpropagation through time.
+//
+// Input (B, T, I) batch-first, output (B, T, H) or the last step (B, H). Per stacked cell k the
+// parameters are weight_ih_l{k} (G, I_k), weight_hh_l{k} (G, H), bias_ih_l{k} (G),
+// bias_hh_l{k} (G), with G = H (RNN), 4H (LSTM: gates i, f, g, o), 3H (GRU: gates r, z, n).
+//
+// BPTT runs in segments of S = ceil(sqrt(T)) steps. Forward computes each segment's input
+// projection as one GEMM and only h_{t-1} W_hh^T per step; backward keeps only dh_{t-1} = dG_t W_hh
+// per step and computes the weight gradients as one GEMM per segment. With memory "all" every
+// state and gate is kept; with "sqrt" only the state at each segment start is kept and each segment
+// is recomputed just before its backward. Both run the same arithmetic in the same order, so their
+// gradients are bitwise identical.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "chainrule/network.hpp"
+
+namespace chainrule {
+
+// What a recurrent layer keeps between forward and backward, and what it reports.
+template <class T>
+struct RecurrentCache : LayerCache {
+  // Set by the caller before forward:
+  BpttMemory memory = BpttMemory::all;
+  Buffer<T> h0, c0;  // (L, B, H) initial states; empty means zeros
+  // Filled by forward:
+  index_t B = 0, steps = 0;
+  Buffer<T> hn, cn;  // (L, B, H) final states (cn for LSTM only)
+  // Filled by backward:
+  Buffer<T> dh0, dc0;             // (L, B, H) gradients w.r.t. the initial states
+  std::vector<double> step_norms;  // (L, T): ||dL/dh_t|| over the batch, per stacked cell
+  std::size_t workspace_bytes = 0;  // states, gates, checkpoints and gate gradients held
+  std::size_t peak_workspace_bytes = 0;
+
+  // Internal storage, per stacked cell k.
+  struct Cell {
+    Buffer<T> x;      // (T, B, I_k) time-major input
+    Buffer<T> out;    // (T, B, H) time-major output (the next cell's input)
+    Buffer<T> hs;     // all: (T + 1, B, H) states, slot t holds h_{t-1}; sqrt: one per segment
+    Buffer<T> cs;     // LSTM cell states, same layout as hs
+    Buffer<T> gates;  // all: (T, B, G) gate activations; sqrt: unused
+    Buffer<T> ghn;    // GRU: (T, B, H) W_hn h_{t-1} + b_hn (all mode)
+  };
+  std::vector<Cell> cells;
+  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, gh, dgx, dgh, dh, dc, dprev, dtm, dtm2;
+  BpttMemory allocated_for = BpttMemory::all;
+
+  // Frees every internal buffer (when the memory mode changes, so "sqrt" really holds less).
+  void release_workspace() {
+    cells.clear();
+    for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &gh, &dgx, &dgh, &dh, &dc,
+                         &dprev, &dtm, &dtm2})
+      *b = Buffer<T>();
+    peak_workspace_bytes = 0;
+  }
+};
+
+}  // namespace chainrule

@@ -1,0 +1,478 @@
+// Recurrent layers and backpropagation through time. See recurrent.hpp for the conventions.
+// Internally everything is time-major, (T, B, .), so that a segment of steps is one contiguous
+// block of rows and its input projection and weight gradients are single GEMMs.
+//
+// Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
+#include "chainrule/recurrent.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "chainrule/dense.hpp"
+#include "chainrule/gemm.hpp"
+#include "layers.hpp"
+
+namespace chainrule {
+
+namespace {
+
+enum class CellKind { rnn, lstm, gru };
+
+template <class T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// Segment length: ceil(sqrt(T)), the checkpoint spacing that minimises states + one segment.
+index_t segment_length(index_t steps) {
+  index_t s = index_t(std::sqrt(double(steps)));
+  while (s * s < steps) ++s;
+  return std::max<index_t>(1, s);
+}
+
+// (B, T, F) batch-first <-> (T, B, F) time-major.
+template <class T>
+void to_time_major(T* dst, const T* src, index_t B, index_t steps, index_t F) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < steps; ++t)
+      std::memcpy(dst + (t * B + b) * F, src + (b * steps + t) * F, std::size_t(F) * sizeof(T));
+}
+template <class T>
+void to_batch_first(T* dst, const T* src, index_t B, index_t steps, index_t F) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < steps; ++t)
+      std::memcpy(dst + (b * steps + t) * F, src + (t * B + b) * F, std::size_t(F) * sizeof(T));
+}
+
+template <class T>
+class RecurrentLayer final : public Layer<T> {
+ public:
+  RecurrentLayer(const LayerSpec& s, std::size_t index)
+      : I_(s.in_features), H_(s.out_features), L_(s.num_layers), bias_(s.bias),
+        return_sequences_(s.return_sequences), relu_(s.relu) {
+    if (s.kind == "rnn") kind_ = CellKind::rnn;
+    else if (s.kind == "lstm") kind_ = CellKind::lstm;
+    else kind_ = CellKind::gru;
+    if (I_ <= 0 || H_ <= 0 || L_ <= 0)
+      throw std::invalid_argument(name() + " sizes must be positive, got input_size=" +
+                                  std::to_string(I_) + ", hidden_size=" + std::to_string(H_) +
+                                  ", num_layers=" + std::to_string(L_));
+    G_ = checked_mul(H_, kind_ == CellKind::lstm ? 4 : kind_ == CellKind::gru ? 3 : 1);
+    const std::string p = std::to_string(index) + ".";
+    w_ih_.resize(std::size_t(L_));
+    w_hh_.resize(std::size_t(L_));
+    b_ih_.resize(std::size_t(L_));
+    b_hh_.resize(std::size_t(L_));
+    for (index_t k = 0; k < L_; ++k) {
+      const std::string sfx = "_l" + std::to_string(k);
+      const index_t in = k == 0 ? I_ : H_;
+      init_param(w_ih_[k], p + "weight_ih" + sfx, {G_, in});
+      init_param(w_hh_[k], p + "weight_hh" + sfx, {G_, H_});
+      if (bias_) {
+        init_param(b_ih_[k], p + "bias_ih" + sfx, {G_});
+        init_param(b_hh_[k], p + "bias_hh" + sfx, {G_});
+      }
+    }
+  }
+
+  std::string name() const {
+    return kind_ == CellKind::rnn ? "RNN" : kind_ == CellKind::lstm ? "LSTM" : "GRU";
+  }
+  std::string describe() const override {
+    return name() + "(input_size=" + std::to_string(I_) + ", hidden_size=" + std::to_string(H_) +
+           ", num_layers=" + std::to_string(L_) + ")";
+  }
+  SampleShape output_shape(const SampleShape& in) const override {
+    if (in.time <= 0)
+      throw std::invalid_argument(
+          describe() + " expects sequences: a 3-D input (batch, time, features) with time >= 1" +
+          (in.time == 0 ? std::string(", got a 2-D input (batch, features); reshape a single "
+                                      "sequence with X[None] or a batch of 1-step sequences "
+                                      "with X[:, None, :]")
+                        : std::string()));
+    if (in.features != I_)
+      throw std::invalid_argument(describe() + " received " + std::to_string(in.features) +
+                                  " features per step, expected " + std::to_string(I_));
+    return SampleShape{return_sequences_ ? in.time : 0, H_};
+  }
+  std::unique_ptr<LayerCache> make_cache() const override {
+    return std::make_unique<RecurrentCache<T>>();
+  }
+  bool is_recurrent() const override { return true; }
+  std::size_t bptt_workspace(index_t B, index_t steps, BpttMemory m) const override {
+    // Mirrors what forward and backward allocate (see the accounting at the end of backward).
+    const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
+    const index_t BH = checked_mul(B, H_), BG = checked_mul(B, G_);
+    const index_t gate_store = lstm() || gru() ? 1 : 0;
+    const index_t slots = m == BpttMemory::all ? steps + 1 : nseg;
+    const index_t per_cell = slots * BH * (lstm() ? 2 : 1) +
+                             (m == BpttMemory::all ? steps * (BG * gate_store + (gru() ? BH : 0)) : 0);
+    index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() ? 3 : 2);
+    if (m == BpttMemory::sqrt)
+      seg += (S + 1) * BH * (lstm() ? 2 : 1) + S * (BG * gate_store + (gru() ? BH : 0));
+    return std::size_t(L_ * per_cell + seg) * sizeof(T);
+  }
+  std::vector<Param<T>*> params() override {
+    std::vector<Param<T>*> out;
+    for (index_t k = 0; k < L_; ++k) {
+      out.push_back(&w_ih_[k]);
+      out.push_back(&w_hh_[k]);
+      if (bias_) { out.push_back(&b_ih_[k]); out.push_back(&b_hh_[k]); }
+    }
+    return out;
+  }
+  // torch.nn.RNNBase.reset_parameters: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)).
+  void reset_parameters(Rng& rng) override {
+    const double bound = 1.0 / std::sqrt(double(H_));
+    for (Param<T>* p : params())
+      for (index_t i = 0; i < p->size(); ++i) p->value[i] = T(rng.uniform(-bound, bound));
+  }
+
+  void forward(T* y, const T* x, index_t B, const SampleShape& in,
+               LayerCache* cache) const override;
+  void backward(T* dx, const T* dy, const T* x, const T* y, index_t B, const SampleShape& in,
+                LayerCache* cache) override;
+
+ private:
+  using Cache = RecurrentCache<T>;
+  using CellStore = typename Cache::Cell;
+
+  static void init_param(Param<T>& p, const std::string& name, std::vector<index_t> shape) {
+    p.name = name;
+    p.shape = shape;
+    index_t n = 1;
+    for (index_t d : shape) n = checked_mul(n, d);
+    p.value.resize(n);
+    p.grad.resize(n);
+  }
+  const T* bias_ih(index_t k) const { return bias_ ? b_ih_[k].value.data() : nullptr; }
+  const T* bias_hh(index_t k) const { return bias_ ? b_hh_[k].value.data() : nullptr; }
+  bool lstm() const { return kind_ == CellKind::lstm; }
+  bool gru() const { return kind_ == CellKind::gru; }
+
+  // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
+  // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
+  // backward needs. xin is the cell's time-major input (T, B, I_k).
+  void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
+                   T* cs, T* gates, T* ghn) const {
+    const index_t H = H_, G = G_, Ik = k == 0 ? I_ : H_;
+    c.gx.resize(checked_mul(checked_mul(n, B), G));
+    c.gh.resize(checked_mul(B, G));
+    // The input projection of the whole segment: one GEMM over n * B rows.
+    dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
+    T* gh = c.gh.data();
+    for (index_t t = 0; t < n; ++t) {
+      const T* hprev = hs + t * B * H;
+      T* hnew = hs + (t + 1) * B * H;
+      // Only h_{t-1} W_hh^T + b_hh inside the loop.
+      dense_forward(gh, hprev, w_hh_[k].value.data(), bias_hh(k), B, H, G);
+      const T* gx = c.gx.data() + t * B * G;
+      if (kind_ == CellKind::rnn) {
+        for (index_t i = 0; i < B * H; ++i) {
+          const T pre = gx[i] + gh[i];
+          hnew[i] = relu_ ? (pre < T(0) ? T(0) : pre) : std::tanh(pre);
+        }
+      } else if (kind_ == CellKind::lstm) {
+        // i, f, g, o = sigma, sigma, tanh, sigma of the gate pre-activations;
+        // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+        const T* cprev = cs + t * B * H;
+        T* cnew = cs + (t + 1) * B * H;
+        T* gt = gates + t * B * G;
+        for (index_t b = 0; b < B; ++b) {
+          const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
+          for (index_t h = 0; h < H; ++h) {
+            const T ig = sigmoid(px[h] + ph[h]);
+            const T fg = sigmoid(px[H + h] + ph[H + h]);
+            const T gg = std::tanh(px[2 * H + h] + ph[2 * H + h]);
+            const T og = sigmoid(px[3 * H + h] + ph[3 * H + h]);
+            const T cv = fg * cprev[b * H + h] + ig * gg;
+            cnew[b * H + h] = cv;
+            hnew[b * H + h] = og * std::tanh(cv);
+            pg[h] = ig; pg[H + h] = fg; pg[2 * H + h] = gg; pg[3 * H + h] = og;
+          }
+        }
+      } else {
+        // r = sigma(x_r + h_r), z = sigma(x_z + h_z), n = tanh(x_n + r (W_hn h + b_hn)),
+        // h_t = n + z (h_{t-1} - n)   (PyTorch's form of (1 - z) n + z h_{t-1})
+        T* gt = gates + t * B * G;
+        T* gn = ghn + t * B * H;
+        for (index_t b = 0; b < B; ++b) {
+          const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
+          for (index_t h = 0; h < H; ++h) {
+            const T r = sigmoid(px[h] + ph[h]);
+            const T z = sigmoid(px[H + h] + ph[H + h]);
+            const T nn = std::tanh(px[2 * H + h] + r * ph[2 * H + h]);
+            const T hp = hprev[b * H + h];
+            hnew[b * H + h] = nn + z * (hp - nn);
+            pg[h] = r; pg[H + h] = z; pg[2 * H + h] = nn;
+            gn[b * H + h] = ph[2 * H + h];
+          }
+        }
+      }
+    }
+  }
+
+  CellKind kind_;
+  index_t I_, H_, L_, G_ = 0;
+  bool bias_, return_sequences_, relu_;
+  std::vector<Param<T>> w_ih_, w_hh_, b_ih_, b_hh_;
+};
+
+template <class T>
+void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& in,
+                                LayerCache* cache) const {
+  // x (B, T, I) -> y (B, T, H) or (B, H)
+  std::unique_ptr<Cache> local;
+  Cache* c = static_cast<Cache*>(cache);
+  if (!c) {  // inference: keep nothing beyond one segment
+    local = std::make_unique<Cache>();
+    local->memory = BpttMemory::sqrt;
+    c = local.get();
+  }
+  const index_t steps = in.time, H = H_, G = G_;
+  const index_t BH = checked_mul(B, H);
+  const index_t LBH = checked_mul(L_, BH);
+  if (c->h0.size() && c->h0.size() != LBH)
+    throw std::invalid_argument(name() + " initial state h0 has " + std::to_string(c->h0.size()) +
+                                " elements, expected (num_layers, batch, hidden) = " +
+                                std::to_string(LBH));
+  if (c->c0.size() && c->c0.size() != LBH)
+    throw std::invalid_argument(name() + " initial state c0 has " + std::to_string(c->c0.size()) +
+                                " elements, expected " + std::to_string(LBH));
+  const bool keep_all = cache && c->memory == BpttMemory::all;
+  if (c->allocated_for != c->memory) {
+    c->release_workspace();
+    c->allocated_for = c->memory;
+  }
+  const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
+  c->B = B;
+  c->steps = steps;
+  c->cells.resize(std::size_t(L_));
+  c->hn.resize(LBH);
+  c->cn.resize(lstm() ? LBH : 0);
+  c->cells[0].x.resize(checked_mul(checked_mul(steps, B), I_));
+  to_time_major(c->cells[0].x.data(), x, B, steps, I_);
+  if (!keep_all) {
+    c->seg_hs.resize(checked_mul(S + 1, BH));
+    c->seg_cs.resize(lstm() ? checked_mul(S + 1, BH) : 0);
+    c->seg_gates.resize(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c->seg_ghn.resize(gru() ? checked_mul(S, BH) : 0);
+  }
+  for (index_t k = 0; k < L_; ++k) {
+    CellStore& cl = c->cells[std::size_t(k)];
+    const T* xin = k == 0 ? cl.x.data() : c->cells[std::size_t(k - 1)].out.data();
+    const bool top = k == L_ - 1;
+    cl.out.resize(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
+    if (keep_all) {
+      cl.hs.resize(checked_mul(steps + 1, BH));
+      cl.cs.resize(lstm() ? checked_mul(steps + 1, BH) : 0);
+      cl.gates.resize(lstm() || gru() ? checked_mul(checked_mul(steps, B), G) : 0);
+      cl.ghn.resize(gru() ? checked_mul(steps, BH) : 0);
+    } else {  // checkpoints: the state at every segment start
+      cl.hs.resize(checked_mul(nseg, BH));
+      cl.cs.resize(lstm() ? checked_mul(nseg, BH) : 0);
+      cl.gates.resize(0);
+      cl.ghn.resize(0);
+    }
+    for (index_t j = 0; j < nseg; ++j) {
+      const index_t s = j * S, n = std::min(S, steps - s);
+      T* hs = keep_all ? cl.hs.data() + s * BH : c->seg_hs.data();
+      T* cs = !lstm() ? nullptr : keep_all ? cl.cs.data() + s * BH : c->seg_cs.data();
+      T* gates = keep_all ? cl.gates.data() + s * B * G : c->seg_gates.data();
+      T* ghn = keep_all ? cl.ghn.data() + s * BH : c->seg_ghn.data();
+      if (j == 0) {
+        if (c->h0.size()) std::memcpy(hs, c->h0.data() + k * BH, std::size_t(BH) * sizeof(T));
+        else std::memset(static_cast<void*>(hs), 0, std::size_t(BH) * sizeof(T));
+        if (lstm()) {
+          if (c->c0.size()) std::memcpy(cs, c->c0.data() + k * BH, std::size_t(BH) * sizeof(T));
+          else std::memset(static_cast<void*>(cs), 0, std::size_t(BH) * sizeof(T));
+        }
+      } else if (!keep_all) {  // carry the last state of the previous segment into slot 0
+        const index_t prev_n = S;
+        std::memmove(hs, hs + prev_n * BH, std::size_t(BH) * sizeof(T));
+        if (lstm()) std::memmove(cs, cs + prev_n * BH, std::size_t(BH) * sizeof(T));
+      }
+      if (!keep_all) {
+        std::memcpy(cl.hs.data() + j * BH, hs, std::size_t(BH) * sizeof(T));
+        if (lstm()) std::memcpy(cl.cs.data() + j * BH, cs, std::size_t(BH) * sizeof(T));
+      }
+      run_segment(*c, k, xin, s, n, B, hs, cs, gates, ghn);
+      if (cl.out.size())
+        std::memcpy(cl.out.data() + s * BH, hs + BH, std::size_t(n * BH) * sizeof(T));
+      if (j == nseg - 1) {
+        std::memcpy(c->hn.data() + k * BH, hs + n * BH, std::size_t(BH) * sizeof(T));
+        if (lstm()) std::memcpy(c->cn.data() + k * BH, cs + n * BH, std::size_t(BH) * sizeof(T));
+      }
+    }
+  }
+  if (return_sequences_) to_batch_first(y, c->cells.back().out.data(), B, steps, H);
+  else std::memcpy(y, c->hn.data() + (L_ - 1) * BH, std::size_t(BH) * sizeof(T));
+}
+
+template <class T>
+void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t B,
+                                 const SampleShape& in, LayerCache* cache) {
+  // dy (B, T, H) or (B, H) -> dx (B, T, I); every parameter gradient accumulates; dh0, dc0 and
+  // the per-step norms ||dL/dh_t|| land in the cache.
+  Cache& c = *static_cast<Cache*>(cache);
+  const index_t steps = in.time, H = H_, G = G_, BH = B * H;
+  if (c.steps != steps || c.B != B) throw std::logic_error("backward does not match the forward");
+  const bool keep_all = c.memory == BpttMemory::all;
+  const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
+  // dL/d(output of the top cell), time-major. Without return_sequences only the last step has one.
+  c.dtm.resize(return_sequences_ ? checked_mul(steps, BH) : 0);
+  if (return_sequences_) to_time_major(c.dtm.data(), dy, B, steps, H);
+  c.step_norms.assign(std::size_t(L_ * steps), 0.0);
+  c.dh0.resize(L_ * BH);
+  c.dc0.resize(lstm() ? L_ * BH : 0);
+  c.dh.resize(BH);
+  c.dc.resize(lstm() ? BH : 0);
+  c.dprev.resize(BH);
+  if (!keep_all) {
+    c.seg_hs.resize(checked_mul(S + 1, BH));
+    c.seg_cs.resize(lstm() ? checked_mul(S + 1, BH) : 0);
+    c.seg_gates.resize(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c.seg_ghn.resize(gru() ? checked_mul(S, BH) : 0);
+  }
+  for (index_t k = L_ - 1; k >= 0; --k) {
+    CellStore& cl = c.cells[std::size_t(k)];
+    const index_t Ik = k == 0 ? I_ : H_;
+    const T* xin = k == 0 ? cl.x.data() : c.cells[std::size_t(k - 1)].out.data();
+    const bool top = k == L_ - 1;
+    // Gradient w.r.t. this cell's input sequence: the next lower cell's output gradient, or dx.
+    T* dxin = nullptr;
+    if (k > 0 || dx) {
+      c.dtm2.resize(checked_mul(steps, B * Ik));
+      dxin = c.dtm2.data();
+    }
+    const T* dout = (top && !return_sequences_) ? nullptr : c.dtm.data();
+    T* dh = c.dh.data();
+    T* dc = lstm() ? c.dc.data() : nullptr;
+    c.dh.fill_zero();
+    c.dc.fill_zero();
+    const T* Whh = w_hh_[k].value.data();
+    for (index_t j = nseg - 1; j >= 0; --j) {
+      const index_t s = j * S, n = std::min(S, steps - s);
+      T *hs, *cs, *gates, *ghn;
+      if (keep_all) {
+        hs = cl.hs.data() + s * BH;
+        cs = lstm() ? cl.cs.data() + s * BH : nullptr;
+        gates = cl.gates.data() + s * B * G;
+        ghn = cl.ghn.data() + s * BH;
+      } else {  // recompute the segment from its checkpoint, exactly as forward did
+        hs = c.seg_hs.data();
+        cs = lstm() ? c.seg_cs.data() : nullptr;
+        gates = c.seg_gates.data();
+        ghn = c.seg_ghn.data();
+        std::memcpy(hs, cl.hs.data() + j * BH, std::size_t(BH) * sizeof(T));
+        if (lstm()) std::memcpy(cs, cl.cs.data() + j * BH, std::size_t(BH) * sizeof(T));
+        run_segment(c, k, xin, s, n, B, hs, cs, gates, ghn);
+      }
+      c.dgx.resize(checked_mul(checked_mul(n, B), G));
+      c.dgh.resize(gru() ? checked_mul(checked_mul(n, B), G) : 0);
+      for (index_t t = n - 1; t >= 0; --t) {
+        const index_t tt = s + t;
+        // dL/dh_t = (from the output at t) + (from step t + 1, already in dh)
+        if (dout) {
+          const T* d = dout + tt * BH;
+          for (index_t i = 0; i < BH; ++i) dh[i] += d[i];
+        } else if (tt == steps - 1) {
+          for (index_t i = 0; i < BH; ++i) dh[i] += dy[i];
+        }
+        double sq = 0;
+        for (index_t i = 0; i < BH; ++i) sq += double(dh[i]) * double(dh[i]);
+        c.step_norms[std::size_t(k * steps + tt)] = std::sqrt(sq);
+        const T* hprev = hs + t * BH;
+        const T* hcur = hs + (t + 1) * BH;
+        T* dgx = c.dgx.data() + t * B * G;
+        T* dgh = gru() ? c.dgh.data() + t * B * G : dgx;
+        if (kind_ == CellKind::rnn) {
+          // h = act(a): da = dh * act'(a), from the output: tanh' = 1 - h^2, relu' = [h > 0]
+          for (index_t i = 0; i < BH; ++i)
+            dgx[i] = relu_ ? (hcur[i] > T(0) ? dh[i] : T(0)) : dh[i] * (T(1) - hcur[i] * hcur[i]);
+        } else if (kind_ == CellKind::lstm) {
+          // h = o tanh(c):       do = dh tanh(c),  dc += dh o (1 - tanh(c)^2)
+          // c = f c_prev + i g:  di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f
+          // through the gate nonlinearities: sigma' = s (1 - s), tanh' = 1 - g^2
+          const T* cprev = cs + t * BH;
+          const T* ccur = cs + (t + 1) * BH;
+          const T* gt = gates + t * B * G;
+          for (index_t b = 0; b < B; ++b) {
+            const T* pg = gt + b * G; T* pd = dgx + b * G;
+            for (index_t h = 0; h < H; ++h) {
+              const index_t i = b * H + h;
+              const T ig = pg[h], fg = pg[H + h], gg = pg[2 * H + h], og = pg[3 * H + h];
+              const T tc = std::tanh(ccur[i]);
+              const T dcv = dc[i] + dh[i] * og * (T(1) - tc * tc);
+              pd[h] = dcv * gg * ig * (T(1) - ig);
+              pd[H + h] = dcv * cprev[i] * fg * (T(1) - fg);
+              pd[2 * H + h] = dcv * ig * (T(1) - gg * gg);
+              pd[3 * H + h] = dh[i] * tc * og * (T(1) - og);
+              dc[i] = dcv * fg;
+            }
+          }
+        } else {
+          // h = n + z (h_prev - n): dn = dh (1 - z), dz = dh (h_prev - n), dh_prev = dh z + ...
+          // n = tanh(a_n + r ghn):  da_n = dn (1 - n^2) (input side), r da_n (hidden side),
+          //                          dr = da_n ghn;  dz, dr through sigma' = s (1 - s)
+          const T* gt = gates + t * B * G;
+          const T* gn = ghn + t * BH;
+          for (index_t b = 0; b < B; ++b) {
+            const T* pg = gt + b * G; T* px = dgx + b * G; T* ph = dgh + b * G;
+            for (index_t h = 0; h < H; ++h) {
+              const index_t i = b * H + h;
+              const T r = pg[h], z = pg[H + h], nn = pg[2 * H + h];
+              const T dn = dh[i] * (T(1) - z) * (T(1) - nn * nn);
+              const T dz = dh[i] * (hprev[i] - nn) * z * (T(1) - z);
+              const T dr = dn * gn[i] * r * (T(1) - r);
+              px[h] = dr; px[H + h] = dz; px[2 * H + h] = dn;
+              ph[h] = dr; ph[H + h] = dz; ph[2 * H + h] = dn * r;
+              dh[i] = dh[i] * z;  // the direct path; W_hh's part is added below
+            }
+          }
+        }
+        // dh_{t-1} = dG_t W_hh (+ the GRU's direct path already in dh)
+        gemm<T>(false, false, B, H, G, T(1), dgh, G, Whh, H, T(0), c.dprev.data(), H);
+        if (gru()) for (index_t i = 0; i < BH; ++i) dh[i] += c.dprev[i];
+        else std::memcpy(dh, c.dprev.data(), std::size_t(BH) * sizeof(T));
+      }
+      // The segment's weight gradients and input gradient as GEMMs over n * B rows:
+      // dW_ih += dGx^T x, db_ih += sum dGx, dx = dGx W_ih; dW_hh += dGh^T h_prev, db_hh += sum dGh.
+      dense_backward(dxin ? dxin + s * B * Ik : nullptr, w_ih_[k].grad.data(),
+                     bias_ ? b_ih_[k].grad.data() : nullptr, c.dgx.data(), xin + s * B * Ik,
+                     w_ih_[k].value.data(), n * B, Ik, G);
+      dense_backward(static_cast<T*>(nullptr), w_hh_[k].grad.data(),
+                     bias_ ? b_hh_[k].grad.data() : nullptr,
+                     gru() ? c.dgh.data() : c.dgx.data(), hs, Whh, n * B, H, G);
+    }
+    std::memcpy(c.dh0.data() + k * BH, dh, std::size_t(BH) * sizeof(T));
+    if (lstm()) std::memcpy(c.dc0.data() + k * BH, dc, std::size_t(BH) * sizeof(T));
+    if (k > 0) std::swap(c.dtm, c.dtm2);
+  }
+  if (dx) to_batch_first(dx, c.dtm2.data(), B, steps, I_);
+  // Workspace: what BPTT holds for the backward (states, gates, checkpoints, gate gradients),
+  // not the layer's input and output sequences nor their gradients.
+  std::size_t ws = 0;
+  for (const CellStore& cl : c.cells)
+    ws += cl.hs.capacity_bytes() + cl.cs.capacity_bytes() + cl.gates.capacity_bytes() +
+          cl.ghn.capacity_bytes();
+  for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.gh, &c.dgx,
+                             &c.dgh, &c.dh, &c.dc, &c.dprev})
+    ws += b->capacity_bytes();
+  c.workspace_bytes = ws;
+  c.peak_workspace_bytes = std::max(c.peak_workspace_bytes, ws);
+}
+
+}  // namespace
+
+template <class T>
+std::unique_ptr<Layer<T>> make_recurrent_layer(const LayerSpec& spec, std::size_t index) {
+  return std::make_unique<RecurrentLayer<T>>(spec, index);
+}
+
+template std::unique_ptr<Layer<float>> make_recurrent_layer<float>(const LayerSpec&, std::size_t);
+template std::unique_ptr<Layer<double>> make_recurrent_layer<double>(const LayerSpec&,
+                                                                     std::size_t);
+
+}  // namespace chainrule
