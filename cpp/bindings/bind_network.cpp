@@ -1,5 +1,5 @@
 // Binds Network<float> and Network<double> as _core.Network32 / _core.Network64.
-// Compute runs with the GIL released; fit_epoch checks for Ctrl-C about every 20 ms by taking the
+// Compute runs with the GIL released; fit_epochs checks for Ctrl-C about every 20 ms by taking the
 // GIL briefly and asking Python whether a signal is pending.
 #include <pybind11/stl.h>
 
@@ -63,6 +63,57 @@ const T* opt_data(const std::optional<carray<T>>& a, chainrule::index_t expected
     throw std::invalid_argument(std::string(what) + " has " + std::to_string(a->size()) +
                                 " elements, expected " + std::to_string(expected));
   return a->data();
+}
+
+// Epoch statistics as columns: one array per field, one row per epoch (a dict per epoch would
+// cost more than a whole XOR epoch).
+py::dict stats_to_columns(const std::vector<EpochStats>& stats) {
+  const py::ssize_t E = py::ssize_t(stats.size());
+  auto col = [&](auto field) {
+    py::array_t<double> a(E);
+    for (py::ssize_t e = 0; e < E; ++e) a.mutable_at(e) = double(field(stats[std::size_t(e)]));
+    return a;
+  };
+  auto mat = [&](auto field) {
+    const py::ssize_t C = E ? py::ssize_t(field(stats[0]).size()) : 0;
+    py::array_t<double> a({E, C});
+    for (py::ssize_t e = 0; e < E; ++e) {
+      const std::vector<double>& v = field(stats[std::size_t(e)]);
+      for (py::ssize_t c = 0; c < C; ++c) a.mutable_at(e, c) = c < py::ssize_t(v.size()) ? v[std::size_t(c)] : 0.0;
+    }
+    return a;
+  };
+  py::dict d;
+  d["loss_sum"] = col([](const EpochStats& s) { return s.loss_sum; });
+  d["samples"] = col([](const EpochStats& s) { return s.samples; });
+  d["batches"] = col([](const EpochStats& s) { return s.batches; });
+  d["grad_norm_max"] = col([](const EpochStats& s) { return s.grad_norm_max; });
+  d["grad_norm_sum"] = col([](const EpochStats& s) { return s.grad_norm_sum; });
+  d["nonfinite_batch"] = col([](const EpochStats& s) { return s.nonfinite_batch; });
+  d["nonfinite_loss"] = col([](const EpochStats& s) { return s.nonfinite_loss; });
+  d["stopped"] = col([](const EpochStats& s) { return s.stopped; });
+  d["correct"] = col([](const EpochStats& s) { return s.correct; });
+  d["counted"] = col([](const EpochStats& s) { return s.counted; });
+  d["sum_y"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_y; });
+  d["sum_yy"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_yy; });
+  d["sum_sq_err"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_sq_err; });
+  py::dict norms;  // layer -> (epochs, cells * T): each epoch's mean per-timestep norms
+  if (E && !stats[0].step_norm_sums.empty()) {
+    for (std::size_t k = 0; k < stats[0].step_norm_sums.size(); ++k) {
+      const std::size_t layer = stats[0].step_norm_sums[k].first;
+      const py::ssize_t W = py::ssize_t(stats[0].step_norm_sums[k].second.size());
+      py::array_t<double> a({E, W});
+      for (py::ssize_t e = 0; e < E; ++e) {
+        const EpochStats& st = stats[std::size_t(e)];
+        const double cnt = double(std::max<index_t>(st.step_norm_count, 1));
+        for (py::ssize_t w = 0; w < W; ++w)
+          a.mutable_at(e, w) = k < st.step_norm_sums.size() ? st.step_norm_sums[k].second[std::size_t(w)] / cnt : 0.0;
+      }
+      norms[py::int_(layer)] = a;
+    }
+  }
+  d["step_norms"] = norms;
+  return d;
 }
 
 template <class T>
@@ -193,11 +244,14 @@ void bind_one(py::module_& m, const char* name) {
         return n.loss_value(pred.data(), pf, pi, count, time);
       }, py::arg("pred").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
          py::arg("count"), py::arg("time"))
-      .def("fit_epoch", [](Net& n, carray<T> X, std::optional<carray<T>> yf,
-                           std::optional<carray<std::int64_t>> yi, index_t count, index_t time,
-                           index_t batch_size, bool shuffle, double max_norm, double norm_type,
-                           bool error_if_nonfinite, double clip_value, bool stop_on_nonfinite,
-                           index_t bptt_steps, bool stateful, bool record_step_norms) {
+      // Runs `epochs` epochs in one call (the caller asks for one at a time when it has work to do
+      // between epochs) and returns their statistics as columns, one row per completed epoch.
+      .def("fit_epochs", [](Net& n, carray<T> X, std::optional<carray<T>> yf,
+                            std::optional<carray<std::int64_t>> yi, index_t count, index_t time,
+                            index_t epochs, index_t batch_size, bool shuffle, double max_norm,
+                            double norm_type, bool error_if_nonfinite, double clip_value,
+                            bool stop_on_nonfinite, index_t bptt_steps, bool stateful,
+                            bool record_step_norms) {
         if (X.size() != checked_mul(count, SampleShape{time, n.input_features()}.size()))
           throw std::invalid_argument("fit: input size mismatch");
         const SampleShape out = n.output_shape(time);
@@ -212,7 +266,7 @@ void bind_one(py::module_& m, const char* name) {
         opt.bptt_steps = bptt_steps;
         opt.stateful = stateful;
         opt.record_step_norms = record_step_norms;
-        EpochStats st;
+        std::vector<EpochStats> stats;
         bool interrupted = false;
         {
           py::gil_scoped_release nogil;
@@ -225,41 +279,22 @@ void bind_one(py::module_& m, const char* name) {
             return PyErr_CheckSignals() != 0;
           };
           try {
-            st = n.fit_epoch(X.data(), pf, pi, count, time, opt, check);
+            for (index_t e = 0; e < epochs; ++e) {
+              stats.push_back(n.fit_epoch(X.data(), pf, pi, count, time, opt, check));
+              if (stats.back().stopped) break;
+            }
           } catch (const Interrupted&) {
             interrupted = true;
           }
         }
         if (interrupted) throw py::error_already_set();
-        py::dict d;
-        d["loss_sum"] = st.loss_sum;
-        d["samples"] = st.samples;
-        d["batches"] = st.batches;
-        d["grad_norm_max"] = st.grad_norm_max;
-        d["grad_norm_sum"] = st.grad_norm_sum;
-        d["nonfinite_batch"] = st.nonfinite_batch;
-        d["nonfinite_loss"] = st.nonfinite_loss;
-        d["stopped"] = st.stopped;
-        d["correct"] = st.correct;
-        d["counted"] = st.counted;
-        d["sum_y"] = st.sum_y;
-        d["sum_yy"] = st.sum_yy;
-        d["sum_sq_err"] = st.sum_sq_err;
-        py::dict norms;
-        for (auto& [layer, sums] : st.step_norm_sums) {
-          std::vector<double> mean(sums);
-          for (double& v : mean) v /= double(std::max<index_t>(st.step_norm_count, 1));
-          norms[py::int_(layer)] = mean;
-        }
-        d["step_norms"] = norms;
-        return d;
+        return stats_to_columns(stats);
       }, py::arg("X").noconvert(), py::arg("yf").noconvert(), py::arg("yi").noconvert(),
-         py::arg("count"), py::arg("time"), py::arg("batch_size"), py::arg("shuffle"),
-         py::arg("max_norm") = 0.0,
-         py::arg("norm_type") = 2.0, py::arg("error_if_nonfinite") = false,
-         py::arg("clip_value") = 0.0, py::arg("stop_on_nonfinite") = true,
-         py::arg("bptt_steps") = 0, py::arg("stateful") = false,
-         py::arg("record_step_norms") = false)
+         py::arg("count"), py::arg("time"), py::arg("epochs"), py::arg("batch_size"),
+         py::arg("shuffle"), py::arg("max_norm") = 0.0, py::arg("norm_type") = 2.0,
+         py::arg("error_if_nonfinite") = false, py::arg("clip_value") = 0.0,
+         py::arg("stop_on_nonfinite") = true, py::arg("bptt_steps") = 0,
+         py::arg("stateful") = false, py::arg("record_step_norms") = false)
       .def("is_recurrent", &Net::is_recurrent)
       .def("set_bptt_memory", [](Net& n, const std::string& mode, std::size_t budget) {
         if (mode != "all" && mode != "sqrt")

@@ -35,6 +35,15 @@ class History:
             self.history.setdefault(k, []).append(float(v))
         self.epochs += 1
 
+    def extend(self, logs: Dict[str, Any]) -> None:
+        """Appends several epochs at once: each value a sequence with one entry per epoch."""
+        n = None
+        for k, v in logs.items():
+            vals = [float(x) for x in v]
+            n = len(vals) if n is None else n
+            self.history.setdefault(k, []).extend(vals)
+        self.epochs += n or 0
+
     def __getattr__(self, name: str) -> List[float]:
         hist = self.__dict__.get("history", {})
         if name in hist:

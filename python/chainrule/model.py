@@ -688,48 +688,61 @@ class Model:
         metric = "accuracy" if self.is_classifier else "r2"
         self._apply_bptt_memory(bptt_memory)
         history = History()
+        # Without per-epoch work in Python, all epochs run in one C++ call.
+        per_epoch = bool(val is not None or cbs or verbose)
+        layer_cells = {i: self._layers[i].num_layers for i in self._recurrent_indices()}
         warned = False
-        self.stop_training = False
-        for cb in cbs:
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(self)
         try:
-            for epoch in range(epochs):
-                st = self._net.fit_epoch(x, yf, yi, len(x), time, batch, bool(shuffle),
-                                         max_norm, 2.0, False, clip_value,
-                                         on_nonfinite != "ignore", steps, bool(stateful),
-                                         bool(record_grad_norms))
-                for layer, norms in st["step_norms"].items():
-                    profile = np.asarray(norms).reshape(self._layers[layer].num_layers, time)
-                    history.timestep_grad_norms.setdefault(layer, []).append(profile)
-                    if not warned:
-                        warned = _warn_gradient_flow(profile, layer, warn_factor)
-                if st["nonfinite_batch"] >= 0 and history.nonfinite is None:
-                    history.nonfinite = (epoch, int(st["nonfinite_batch"]))
-                if st["stopped"]:
-                    where = (f"epoch {epoch + 1}, batch {st['nonfinite_batch'] + 1}")
-                    msg = (f"non-finite loss or gradient ({st['nonfinite_loss']}) at {where}; the "
-                           "weights are those of the last finite step. Lower the learning rate, "
-                           "scale the inputs, or clip the gradients (clip_grad_norm=...).")
+            epoch = 0
+            while epoch < epochs:
+                cols = self._net.fit_epochs(
+                    x, yf, yi, len(x), time, 1 if per_epoch else epochs - epoch, batch,
+                    bool(shuffle), max_norm, 2.0, False, clip_value, on_nonfinite != "ignore",
+                    steps, bool(stateful), bool(record_grad_norms))
+                logs_cols = self._epoch_logs(cols, metric, max_norm > 0)
+                for layer, norms in cols["step_norms"].items():
+                    for row in norms:
+                        profile = row.reshape(layer_cells[layer], time)
+                        history.timestep_grad_norms.setdefault(layer, []).append(profile)
+                        if not warned:
+                            warned = _warn_gradient_flow(profile, layer, warn_factor)
+                bad = np.flatnonzero(cols["nonfinite_batch"] >= 0)
+                if bad.size and history.nonfinite is None:
+                    history.nonfinite = (epoch + int(bad[0]), int(cols["nonfinite_batch"][bad[0]]))
+                stopped = bool(cols["stopped"].size and cols["stopped"][-1])
+                done = len(cols["loss_sum"])
+                if stopped:
+                    last = done - 1
+                    where = (f"epoch {epoch + last + 1}, batch "
+                             f"{int(cols['nonfinite_batch'][last]) + 1}")
+                    msg = (f"non-finite loss or gradient ({cols['nonfinite_loss'][last]}) at "
+                           f"{where}; the weights are those of the last finite step. Lower the "
+                           "learning rate, scale the inputs, or clip the gradients "
+                           "(clip_grad_norm=...).")
                     if on_nonfinite == "raise":
                         raise FloatingPointError(msg)
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                    if st["batches"] == 0:
-                        break
-                logs = self._epoch_logs(st, metric, max_norm > 0)
-                if val is not None:
+                    if cols["batches"][last] == 0:  # nothing trained in that epoch: no record
+                        logs_cols = {k: v[:last] for k, v in logs_cols.items()}
+                if not per_epoch:
+                    history.extend(logs_cols)
+                    break
+                logs = {k: float(v[0]) for k, v in logs_cols.items()}
+                if logs and val is not None:
                     logs.update(self._evaluate_arrays(*val, prefix="val_"))
-                history.record(logs)
+                if logs:
+                    history.record(logs)
+                if stopped:
+                    break
                 if verbose:
                     print(f"epoch {epoch + 1}/{epochs} " +
                           " ".join(f"{k}={v:.6g}" for k, v in logs.items()), flush=True)
-                if st["stopped"]:
-                    break
                 stop = False
                 for cb in cbs:
                     fn = getattr(cb, "on_epoch_end", None)
                     r = fn(self, epoch, logs) if fn is not None else cb(epoch, logs)
                     stop = stop or r is True
+                epoch += 1
                 if stop or self.stop_training:
                     history.interrupted = not (stopper is not None and stopper.stopped)
                     break
@@ -743,19 +756,23 @@ class Model:
         return history
 
     @staticmethod
-    def _epoch_logs(st: Dict[str, Any], metric: str, clipped: bool) -> Dict[str, float]:
-        logs = {"loss": st["loss_sum"] / max(st["samples"], 1)}
-        if st["counted"]:
+    def _epoch_logs(cols: Dict[str, Any], metric: str, clipped: bool) -> Dict[str, np.ndarray]:
+        """Per-epoch logs as arrays (one entry per epoch) from fit_epochs' columns."""
+        samples = np.maximum(cols["samples"], 1)
+        logs = {"loss": cols["loss_sum"] / samples}
+        counted = np.maximum(cols["counted"], 1)
+        if cols["counted"].size and cols["counted"].max() > 0:
             if metric == "accuracy":
-                logs[metric] = st["correct"] / st["counted"]
+                logs[metric] = cols["correct"] / counted
             else:
-                n = st["counted"]
-                sy, syy = np.asarray(st["sum_y"]), np.asarray(st["sum_yy"])
+                n = counted[:, None]
+                sy, syy = cols["sum_y"], cols["sum_yy"]
                 ss_tot = np.maximum(syy - sy * sy / n, 0.0)
-                logs[metric] = float(np.mean(_r2_from_sums(np.asarray(st["sum_sq_err"]), ss_tot)))
-        if clipped and st["batches"]:
-            logs["grad_norm"] = st["grad_norm_sum"] / st["batches"]
-            logs["grad_norm_max"] = st["grad_norm_max"]
+                logs[metric] = _r2_from_sums(cols["sum_sq_err"], ss_tot).mean(axis=1)
+        if clipped:
+            batches = np.maximum(cols["batches"], 1)
+            logs["grad_norm"] = cols["grad_norm_sum"] / batches
+            logs["grad_norm_max"] = cols["grad_norm_max"]
         return logs
 
     # ------------------------------------------------------------------ inference
