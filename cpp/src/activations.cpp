@@ -3,6 +3,8 @@
 // the row maximum first, so no exp overflows and every row of softmax sums to 1 within rounding.
 #include "chainrule/activations.hpp"
 
+#include "vmath.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -38,10 +40,6 @@ const char* activation_name(Activation a) {
 
 namespace {
 
-// sigmoid(x) = 1 / (1 + e^{-x}), as PyTorch computes it; e^{-x} = inf gives exactly 0.
-template <class T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-
 template <class T>
 void softmax_rows(T* y, const T* x, index_t R, index_t C, bool log) {
   for (index_t r = 0; r < R; ++r) {
@@ -52,11 +50,12 @@ void softmax_rows(T* y, const T* x, index_t R, index_t C, bool log) {
     if (!std::isfinite(mx)) mx = 0;  // all -inf (or +inf) rows: let the arithmetic say NaN/0
     T sum = 0;
     if (log) {
-      for (index_t c = 0; c < C; ++c) sum += std::exp(xr[c] - mx);
+      for (index_t c = 0; c < C; ++c) sum += vexp1(xr[c] - mx);
       const T lse = std::log(sum);
       for (index_t c = 0; c < C; ++c) yr[c] = (xr[c] - mx) - lse;
     } else {
-      for (index_t c = 0; c < C; ++c) { yr[c] = std::exp(xr[c] - mx); sum += yr[c]; }
+      for (index_t c = 0; c < C; ++c) yr[c] = vexp1(xr[c] - mx);
+      for (index_t c = 0; c < C; ++c) sum += yr[c];
       const T inv = T(1) / sum;
       for (index_t c = 0; c < C; ++c) yr[c] *= inv;
     }
@@ -71,10 +70,10 @@ void forward_impl(T* y, const T* x, index_t R, index_t C, Activation a, T slope)
       if (y != x) std::copy(x, x + n, y);
       break;
     case Activation::sigmoid:
-      for (index_t i = 0; i < n; ++i) y[i] = sigmoid(x[i]);
+      vsigmoid(y, x, n);  // 1 / (1 + e^{-x}), as PyTorch computes it
       break;
     case Activation::tanh:
-      for (index_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+      vtanh(y, x, n);
       break;
     case Activation::relu:
       // x < 0 ? 0 : x keeps NaN as NaN, as PyTorch's clamp_min does.
@@ -123,7 +122,7 @@ void backward_impl(T* dx, const T* dy, const T* x, const T* y, index_t R, index_
         const T* dyr = dy + r * C; const T* yr = y + r * C; T* dxr = dx + r * C;
         T sum = 0;
         for (index_t c = 0; c < C; ++c) sum += dyr[c];
-        for (index_t c = 0; c < C; ++c) dxr[c] = dyr[c] - std::exp(yr[c]) * sum;
+        for (index_t c = 0; c < C; ++c) dxr[c] = dyr[c] - vexp1(yr[c]) * sum;
       }
       break;
   }

@@ -2,6 +2,8 @@
 // The value is summed in double whatever T is; the gradient is written in T.
 #include "chainrule/losses.hpp"
 
+#include "vmath.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -43,7 +45,7 @@ T log_sum_exp(const T* x, index_t C) {
   for (index_t c = 0; c < C; ++c) m = std::max(m, x[c]);
   if (!std::isfinite(m)) return m;  // -inf row: lse = -inf; inf/NaN: propagate
   T s = 0;
-  for (index_t c = 0; c < C; ++c) s += std::exp(x[c] - m);
+  for (index_t c = 0; c < C; ++c) s += vexp1(x[c] - m);
   return m + std::log(s);
 }
 
@@ -89,9 +91,9 @@ double bce_logits(T* grad, const T* x, const T* t, index_t n, Reduction red) {
   const T scale = T(red == Reduction::mean ? 1.0 / double(n) : 1.0);
   for (index_t i = 0; i < n; ++i) {
     const T xi = x[i];
-    const T log_sig = std::min(xi, T(0)) - std::log1p(std::exp(-std::abs(xi)));
+    const T log_sig = std::min(xi, T(0)) - std::log1p(vexp1(-std::abs(xi)));
     sum += double((T(1) - t[i]) * xi - log_sig);
-    if (grad) grad[i] = (T(1) / (T(1) + std::exp(-xi)) - t[i]) * scale;
+    if (grad) grad[i] = (vsigmoid1(xi) - t[i]) * scale;
   }
   return red == Reduction::mean ? sum / double(n) : sum;
 }
@@ -109,7 +111,7 @@ double cross_entropy_prob(T* grad, const T* x, const T* t, index_t R, index_t C,
     sum += lr;
     if (grad) {
       T* gr = grad + r * C;
-      for (index_t c = 0; c < C; ++c) gr[c] = (std::exp(xr[c] - lse) * tsum - tr[c]) * scale;
+      for (index_t c = 0; c < C; ++c) gr[c] = (vexp1(xr[c] - lse) * tsum - tr[c]) * scale;
     }
   }
   return red == Reduction::mean ? sum / double(R) : sum;
@@ -149,7 +151,7 @@ double cross_entropy_index(T* grad, const T* x, const std::int64_t* target, inde
     sum += double(lse - xr[target[r]]);
     if (grad) {
       T* gr = grad + r * C;
-      for (index_t c = 0; c < C; ++c) gr[c] = std::exp(xr[c] - lse) * scale;
+      for (index_t c = 0; c < C; ++c) gr[c] = vexp1(xr[c] - lse) * scale;
       gr[target[r]] -= scale;
     }
   }

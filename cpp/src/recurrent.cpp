@@ -14,15 +14,13 @@
 #include "chainrule/dense.hpp"
 #include "chainrule/gemm.hpp"
 #include "layers.hpp"
+#include "vmath.hpp"
 
 namespace chainrule {
 
 namespace {
 
 enum class CellKind { rnn, lstm, gru };
-
-template <class T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 // Segment length: ceil(sqrt(T)), the checkpoint spacing that minimises states + one segment.
 index_t segment_length(index_t steps) {
@@ -171,7 +169,7 @@ class RecurrentLayer final : public Layer<T> {
       if (kind_ == CellKind::rnn) {
         for (index_t i = 0; i < B * H; ++i) {
           const T pre = gx[i] + gh[i];
-          hnew[i] = relu_ ? (pre < T(0) ? T(0) : pre) : std::tanh(pre);
+          hnew[i] = relu_ ? (pre < T(0) ? T(0) : pre) : vtanh1(pre);
         }
       } else if (kind_ == CellKind::lstm) {
         // i, f, g, o = sigma, sigma, tanh, sigma of the gate pre-activations;
@@ -182,13 +180,13 @@ class RecurrentLayer final : public Layer<T> {
         for (index_t b = 0; b < B; ++b) {
           const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
           for (index_t h = 0; h < H; ++h) {
-            const T ig = sigmoid(px[h] + ph[h]);
-            const T fg = sigmoid(px[H + h] + ph[H + h]);
-            const T gg = std::tanh(px[2 * H + h] + ph[2 * H + h]);
-            const T og = sigmoid(px[3 * H + h] + ph[3 * H + h]);
+            const T ig = vsigmoid1(px[h] + ph[h]);
+            const T fg = vsigmoid1(px[H + h] + ph[H + h]);
+            const T gg = vtanh1(px[2 * H + h] + ph[2 * H + h]);
+            const T og = vsigmoid1(px[3 * H + h] + ph[3 * H + h]);
             const T cv = fg * cprev[b * H + h] + ig * gg;
             cnew[b * H + h] = cv;
-            hnew[b * H + h] = og * std::tanh(cv);
+            hnew[b * H + h] = og * vtanh1(cv);
             pg[h] = ig; pg[H + h] = fg; pg[2 * H + h] = gg; pg[3 * H + h] = og;
           }
         }
@@ -200,9 +198,9 @@ class RecurrentLayer final : public Layer<T> {
         for (index_t b = 0; b < B; ++b) {
           const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
           for (index_t h = 0; h < H; ++h) {
-            const T r = sigmoid(px[h] + ph[h]);
-            const T z = sigmoid(px[H + h] + ph[H + h]);
-            const T nn = std::tanh(px[2 * H + h] + r * ph[2 * H + h]);
+            const T r = vsigmoid1(px[h] + ph[h]);
+            const T z = vsigmoid1(px[H + h] + ph[H + h]);
+            const T nn = vtanh1(px[2 * H + h] + r * ph[2 * H + h]);
             const T hp = hprev[b * H + h];
             hnew[b * H + h] = nn + z * (hp - nn);
             pg[h] = r; pg[H + h] = z; pg[2 * H + h] = nn;
@@ -403,7 +401,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
             for (index_t h = 0; h < H; ++h) {
               const index_t i = b * H + h;
               const T ig = pg[h], fg = pg[H + h], gg = pg[2 * H + h], og = pg[3 * H + h];
-              const T tc = std::tanh(ccur[i]);
+              const T tc = vtanh1(ccur[i]);
               const T dcv = dc[i] + dh[i] * og * (T(1) - tc * tc);
               pd[h] = dcv * gg * ig * (T(1) - ig);
               pd[H + h] = dcv * cprev[i] * fg * (T(1) - fg);
