@@ -83,15 +83,19 @@ index_t leading_dim(const py::array_t<T>& a, const char* name) {
     fail(std::string("gemm: expected ") + name + " to be a 2-D array, got a " + dims_str(a) +
          " array of shape " + shape_str(a) + " instead");
   const py::ssize_t rows = a.shape(0), cols = a.shape(1), isz = py::ssize_t(sizeof(T));
-  // One row or no columns: nothing is ever read across rows, any leading dimension >= cols works.
-  if (rows <= 1 || cols == 0) return std::max<index_t>(cols, 1);
-  const bool unit_cols = cols == 1 || a.strides(1) == isz;
-  const bool rows_ok = a.strides(0) > 0 && a.strides(0) % isz == 0 && a.strides(0) / isz >= cols;
+  // An empty array is never read or written (NumPy gives it arbitrary strides). Otherwise the
+  // columns must be unit-stride, and the row stride matters when there are rows to step over.
+  const bool empty = rows == 0 || cols == 0;
+  const bool single_row = empty || rows == 1;
+  const bool unit_cols = empty || cols == 1 || a.strides(1) == isz;
+  const bool rows_ok = single_row || (a.strides(0) > 0 && a.strides(0) % isz == 0 &&
+                                      a.strides(0) / isz >= cols);
   if (!unit_cols || !rows_ok)
     fail(std::string("gemm: ") + name + " of shape " + shape_str(a) + " has strides (" +
          std::to_string(a.strides(0)) + ", " + std::to_string(a.strides(1)) +
          ") bytes; expected row-major storage with contiguous rows (np.ascontiguousarray gives "
          "that)");
+  if (single_row) return std::max<index_t>(cols, 1);
   return index_t(a.strides(0) / isz);
 }
 

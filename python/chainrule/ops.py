@@ -128,16 +128,14 @@ def _check_output(
     if row_strided:
         # Rows must be contiguous; the row stride becomes the BLAS leading dimension.
         isz = out.itemsize
-        ok = (
-            out.shape[0] <= 1
-            or out.shape[1] == 0
-            or (
-                (out.shape[1] == 1 or out.strides[1] == isz)
-                and out.strides[0] > 0
-                and out.strides[0] % isz == 0
-                and out.strides[0] >= out.shape[1] * isz
-            )
+        rows, cols = out.shape
+        unit_cols = out.size == 0 or cols <= 1 or out.strides[1] == isz
+        rows_ok = (
+            rows <= 1
+            or cols == 0
+            or (out.strides[0] > 0 and out.strides[0] % isz == 0 and out.strides[0] >= cols * isz)
         )
+        ok = unit_cols and rows_ok
         if not ok:
             raise ValueError(
                 f"{name} must be row-major with contiguous rows (C-contiguous, or a column slice "
