@@ -159,7 +159,8 @@ PackSpace<T>& pack_space() {
 
 inline index_t round_up(index_t x, index_t m) { return (x + m - 1) / m * m; }
 
-// Shared argument check of gemm and gemm_ref; the sizes a caller passes are all it has to go on.
+// Argument check shared by gemm and gemm_ref: negative sizes, or leading dimensions shorter than
+// a row, are caller bugs that would otherwise read or write out of bounds.
 void check_args(bool ta, bool tb, index_t M, index_t N, index_t K, index_t lda, index_t ldb,
                 index_t ldc) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("gemm: " + what); };

@@ -1,7 +1,9 @@
 // GEMM internals shared by the blocked driver (gemm.cpp) and the packing routines (gemm_pack.cpp).
 // Packed layouts (BLIS): op(A) in MR-tall micro-panels, each stored k-major as kc columns of MR
 // values; op(B) in NR-wide micro-panels, each stored k-major as kc rows of NR values. Edges are
-// zero-padded to full MR / NR, so a micro-kernel always runs on a whole register tile.
+// zero-padded to full MR / NR, so a micro-kernel always runs on a whole register tile; the padded
+// rows and columns are never stored, and zeros (not stale memory, which may hold denormals) keep
+// them at full speed.
 #pragma once
 #include "chainrule/tensor.hpp"
 
