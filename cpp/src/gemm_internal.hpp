@@ -1,0 +1,63 @@
+// GEMM internals shared by the blocked driver (gemm.cpp) and the packing routines (gemm_pack.cpp).
+// Packed layouts (BLIS): op(A) in MR-tall micro-panels, each stored k-major as kc columns of MR
+// values; op(B) in NR-wide micro-panels, each stored k-major as kc rows of NR values. Edges are
+// zero-padded to full MR / NR, so a micro-kernel always runs on a whole register tile; the padded
+// rows and columns are never stored, and zeros (not stale memory, which may hold denormals) keep
+// them at full speed.
+#pragma once
+#include "chainrule/tensor.hpp"
+
+namespace chainrule {
+namespace gemm_detail {
+
+// Packs the (rows, depth) operand X, element (r, k) at X[r * rs + k * cs], into ceil(rows / w)
+// micro-panels of w rows: dst[(r / w) * w * depth + k * w + r % w] = X(r, k); the rows past
+// `rows` in the last panel are zeros. dst holds round_up(rows, w) * depth elements.
+// Either rs or cs is 1 for every operand the driver packs; both are handled as fast paths.
+template <class T>
+void pack_panels(index_t w, index_t rows, index_t depth, const T* X, index_t rs, index_t cs,
+                 T* dst);
+
+// op(A) (mb, kb) block at A, as stored row-major with leading dimension lda
+// (trans_a: A is stored (kb, mb)) -> MR-tall micro-panels.
+template <class T>
+void pack_a(index_t mr, bool trans_a, index_t mb, index_t kb, const T* A, index_t lda, T* dst) {
+  // op(A)(i, k) = trans_a ? A[k * lda + i] : A[i * lda + k]
+  if (trans_a) pack_panels(mr, mb, kb, A, index_t(1), lda, dst);
+  else pack_panels(mr, mb, kb, A, lda, index_t(1), dst);
+}
+
+// op(B) (kb, nb) block at B (trans_b: B is stored (nb, kb)) -> NR-wide micro-panels.
+// This packs op(B)^T (nb, kb) into panels of NR of its rows, which is the same layout.
+template <class T>
+void pack_b(index_t nr, bool trans_b, index_t kb, index_t nb, const T* B, index_t ldb, T* dst) {
+  // op(B)(k, j) = trans_b ? B[j * ldb + k] : B[k * ldb + j]
+  if (trans_b) pack_panels(nr, nb, kb, B, ldb, index_t(1), dst);
+  else pack_panels(nr, nb, kb, B, index_t(1), ldb, dst);
+}
+
+// A micro-kernel: C (m, n) tile at c with row stride ldc, m <= MR, n <= NR:
+//   C = alpha * a b + beta * C,  a one packed MR x kc micro-panel of op(A), b one kc x NR of op(B).
+// beta == 0 writes C without reading it. Only the m x n corner of the MR x NR tile is stored.
+template <class T>
+using Ukernel = void (*)(index_t kc, T alpha, const T* a, const T* b, T beta, T* c, index_t ldc,
+                         index_t m, index_t n);
+
+// A micro-kernel with its register tile; the driver reads MR and NR from here, so a kernel with
+// another tile (an ISA-specific one) plugs in without touching the driver or the packing.
+template <class T>
+struct MicroKernel {
+  index_t mr;
+  index_t nr;
+  Ukernel<T> run;
+  const char* name;
+};
+
+// Portable kernels, vectorised by the compiler for whatever the baseline ISA is (SSE2 on x86-64).
+void ukernel_generic_f32_4x8(index_t kc, float alpha, const float* a, const float* b, float beta,
+                             float* c, index_t ldc, index_t m, index_t n);
+void ukernel_generic_f64_4x4(index_t kc, double alpha, const double* a, const double* b,
+                             double beta, double* c, index_t ldc, index_t m, index_t n);
+
+}  // namespace gemm_detail
+}  // namespace chainrule
