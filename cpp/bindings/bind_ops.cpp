@@ -345,4 +345,8 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(b.mc, b.kc, b.nc);
       },
       "The GEMM cache block sizes (mc, kc, nc) in elements.");
+  m.def("gemm_isa", &gemm_isa, "The instruction-set path GEMM runs on.");
+  m.def("gemm_supported_isas", &gemm_supported_isas, "The ISA paths this CPU supports.");
+  m.def("gemm_set_isa", &gemm_set_isa, "Switches the GEMM ISA path (tests run every one).",
+        py::arg("name"));
 }

@@ -8,6 +8,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "chainrule/gemm.hpp"
 #include "gemm_internal.hpp"
@@ -74,7 +75,9 @@ inline void ukernel_generic(index_t kc, T alpha, const T* __restrict a, const T*
     for (int j = 0; j < NR; ++j) bk[j] = b[j];
     for (int i = 0; i < MR; ++i) {
       const T ai = a[i];
-      for (int j = 0; j < NR; ++j) acc[i][j] += ai * bk[j];
+      // Fused, as the ISA kernels' FMA instructions: the same bits on every path. Without FMA
+      // hardware (the x86-64 baseline) this is a library call: that path is a slow fallback.
+      for (int j = 0; j < NR; ++j) acc[i][j] = __builtin_fma(ai, bk[j], acc[i][j]);
     }
   }
   // C = alpha acc + beta C; beta == 0 must not read C (it may hold NaN or garbage).
@@ -107,20 +110,76 @@ void ukernel_generic_f64_4x4(index_t kc, double alpha, const double* a, const do
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernel choice. Only the portable kernels exist today; run-time ISA dispatch (a table picked once
-// with __builtin_cpu_supports) replaces these two functions when the ISA-specific kernels land.
+// Kernel choice: one table per instruction set, picked once from the CPU (or the environment
+// variable CHAINRULE_ISA = baseline | avx2 | avx512) and switchable at run time so that tests can
+// run every path the machine supports.
 namespace {
+
+struct KernelTable {
+  const char* isa;
+  MicroKernel<float> f32;
+  MicroKernel<double> f64;
+};
+
+constexpr KernelTable kBaseline{"baseline",
+                                {4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"},
+                                {4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"}};
+#if CHAINRULE_X86_KERNELS
+constexpr KernelTable kAvx2{"avx2",
+                            {6, 16, &isa_v3::ukernel_avx2_f32_6x16, "avx2_f32_6x16"},
+                            {6, 8, &isa_v3::ukernel_avx2_f64_6x8, "avx2_f64_6x8"}};
+constexpr KernelTable kAvx512{"avx512",
+                              {14, 32, &isa_v4::ukernel_avx512_f32_14x32, "avx512_f32_14x32"},
+                              {14, 16, &isa_v4::ukernel_avx512_f64_14x16, "avx512_f64_14x16"}};
+constexpr const KernelTable* kTables[] = {&kBaseline, &kAvx2, &kAvx512};
+#else
+constexpr const KernelTable* kTables[] = {&kBaseline};
+#endif
+
+bool cpu_supports(const KernelTable* t) {
+#if CHAINRULE_X86_KERNELS
+  __builtin_cpu_init();
+  if (t == &kAvx2) return __builtin_cpu_supports("x86-64-v3");
+  if (t == &kAvx512) return __builtin_cpu_supports("x86-64-v4");
+#endif
+  return t == &kBaseline;
+}
+
+const KernelTable* find_table(const std::string& name) {
+  for (const KernelTable* t : kTables)
+    if (name == t->isa) return t;
+  return nullptr;
+}
+
+const KernelTable* best_table() {
+  const KernelTable* best = &kBaseline;
+  for (const KernelTable* t : kTables)
+    if (cpu_supports(t)) best = t;  // the tables are listed from oldest to newest
+  if (const char* env = std::getenv("CHAINRULE_ISA")) {
+    const KernelTable* forced = find_table(env);
+    // An unknown or unsupported name is ignored: the best path is always correct.
+    if (forced && cpu_supports(forced)) best = forced;
+  }
+  return best;
+}
+
+std::atomic<const KernelTable*> g_table{nullptr};
+
+const KernelTable& kernel_table() {
+  const KernelTable* t = g_table.load(std::memory_order_acquire);
+  if (!t) {
+    t = best_table();
+    g_table.store(t, std::memory_order_release);
+  }
+  return *t;
+}
 
 template <class T>
 const MicroKernel<T>& select_kernel();
-
-constexpr MicroKernel<float> kGenericF32{4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"};
-constexpr MicroKernel<double> kGenericF64{4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"};
-
 template <>
-const MicroKernel<float>& select_kernel<float>() { return kGenericF32; }
+const MicroKernel<float>& select_kernel<float>() { return kernel_table().f32; }
 template <>
-const MicroKernel<double>& select_kernel<double>() { return kGenericF64; }
+const MicroKernel<double>& select_kernel<double>() { return kernel_table().f64; }
 
 // Per-thread packing space: grown on demand, kept for the thread's next call, never shared, so
 // concurrent gemm calls from several threads are safe and a steady loop allocates nothing.
@@ -261,6 +320,26 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
   }
   gemm_detail::gemm_blocked(gemm_detail::select_kernel<T>(), gemm_get_blocking(), ta, tb, M, N, K,
                             alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+const char* gemm_isa() { return gemm_detail::kernel_table().isa; }
+
+std::vector<std::string> gemm_supported_isas() {
+  std::vector<std::string> out;
+  for (const auto* t : gemm_detail::kTables)
+    if (gemm_detail::cpu_supports(t)) out.push_back(t->isa);
+  return out;
+}
+
+void gemm_set_isa(const std::string& name) {
+  const auto* t = gemm_detail::find_table(name);
+  if (!t || !gemm_detail::cpu_supports(t)) {
+    std::string ok;
+    for (const std::string& s : gemm_supported_isas()) ok += (ok.empty() ? "" : ", ") + s;
+    throw std::invalid_argument("ISA path '" + name + "' is not available on this CPU; "
+                                "supported: " + ok);
+  }
+  gemm_detail::g_table.store(t, std::memory_order_release);
 }
 
 template void gemm<float>(bool, bool, index_t, index_t, index_t, float, const float*, index_t,

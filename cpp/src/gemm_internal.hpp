@@ -54,10 +54,28 @@ struct MicroKernel {
 };
 
 // Portable kernels, vectorised by the compiler for whatever the baseline ISA is (SSE2 on x86-64).
+// Every kernel, portable or ISA-specific, accumulates acc = fma(a, b, acc) in k order and then
+// forms alpha acc (+ beta C) unfused, so all paths give the same bits.
 void ukernel_generic_f32_4x8(index_t kc, float alpha, const float* a, const float* b, float beta,
                              float* c, index_t ldc, index_t m, index_t n);
 void ukernel_generic_f64_4x4(index_t kc, double alpha, const double* a, const double* b,
                              double beta, double* c, index_t ldc, index_t m, index_t n);
+
+#if CHAINRULE_X86_KERNELS
+// ISA-specific kernels, each in a file compiled for its target (cpp/src/kernels/).
+namespace isa_v3 {
+void ukernel_avx2_f32_6x16(index_t kc, float alpha, const float* a, const float* b, float beta,
+                           float* c, index_t ldc, index_t m, index_t n);
+void ukernel_avx2_f64_6x8(index_t kc, double alpha, const double* a, const double* b,
+                          double beta, double* c, index_t ldc, index_t m, index_t n);
+}  // namespace isa_v3
+namespace isa_v4 {
+void ukernel_avx512_f32_14x32(index_t kc, float alpha, const float* a, const float* b,
+                              float beta, float* c, index_t ldc, index_t m, index_t n);
+void ukernel_avx512_f64_14x16(index_t kc, double alpha, const double* a, const double* b,
+                              double beta, double* c, index_t ldc, index_t m, index_t n);
+}  // namespace isa_v4
+#endif
 
 }  // namespace gemm_detail
 }  // namespace chainrule

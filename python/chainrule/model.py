@@ -688,6 +688,10 @@ class Model:
         metric = "accuracy" if self.is_classifier else "r2"
         self._apply_bptt_memory(bptt_memory)
         history = History()
+        self.stop_training = False
+        for cb in cbs:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
         # Without per-epoch work in Python, all epochs run in one C++ call.
         per_epoch = bool(val is not None or cbs or verbose)
         layer_cells = {i: self._layers[i].num_layers for i in self._recurrent_indices()}

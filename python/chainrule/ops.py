@@ -22,6 +22,9 @@ __all__ = [
     "LOSSES",
     "REDUCTIONS",
     "gemm",
+    "gemm_isa",
+    "supported_isas",
+    "set_isa",
     "activation",
     "activation_backward",
     "identity",
@@ -572,3 +575,29 @@ def dense_backward(
         _contiguous(w_arr, dt),
     )
     return dx, dweight, dbias
+
+
+# ---- instruction-set paths -----------------------------------------------------------------
+def gemm_isa() -> str:
+    """The instruction-set path the GEMM kernels run on: "baseline", "avx2" or "avx512".
+
+    Picked at import as the best this CPU supports; the environment variable ``CHAINRULE_ISA``
+    (set before import) or :func:`set_isa` chooses another. Every path computes the same bits.
+    """
+    return str(_core.gemm_isa())
+
+
+def supported_isas() -> Tuple[str, ...]:
+    """The ISA paths this CPU supports, oldest first."""
+    return tuple(_core.gemm_supported_isas())
+
+
+def set_isa(name: str) -> None:
+    """Switches the GEMM kernels to another supported ISA path (tests use it to run them all).
+
+    Raises:
+        ValueError: the name is unknown or this CPU does not support it.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    _core.gemm_set_isa(name)

@@ -6,6 +6,9 @@
 // This header is the one interface to GEMM: callers never name an implementation, so the kernels
 // can change (blocking, micro-kernels, ISA dispatch, threads) without touching them.
 #pragma once
+#include <string>
+#include <vector>
+
 #include "chainrule/tensor.hpp"
 
 namespace chainrule {
@@ -28,5 +31,14 @@ struct GemmBlocking {
 };
 GemmBlocking gemm_get_blocking();
 void gemm_set_blocking(index_t mc, index_t kc, index_t nc);
+
+// The instruction-set path GEMM runs on: "baseline" (portable), "avx2" (x86-64-v3) or "avx512"
+// (x86-64-v4). Chosen at first use as the best the CPU supports, or as the environment variable
+// CHAINRULE_ISA says. Every path computes the same bits.
+const char* gemm_isa();
+// The paths this CPU supports, oldest first.
+std::vector<std::string> gemm_supported_isas();
+// Switches path (tests run every one); std::invalid_argument for an unknown or unsupported name.
+void gemm_set_isa(const std::string& name);
 
 }  // namespace chainrule
