@@ -120,7 +120,11 @@ def _epochs_to_show(epochs: int, lines: int = 10) -> List[int]:
 
 
 class _EpochTable(Callback):
-    """Prints one aligned row of fit's logs on a few chosen epochs, so the loss is seen falling."""
+    """Prints one aligned row of fit's logs on a few chosen epochs, so the loss is seen falling.
+
+    The header is printed with the first row rather than in ``on_train_begin``, so the table
+    does not depend on that hook being called (use one instance per fit call).
+    """
 
     def __init__(self, say: _Printer, epochs: int, keys: Sequence[str],
                  formats: Optional[Dict[str, str]] = None) -> None:
@@ -130,17 +134,20 @@ class _EpochTable(Callback):
         self.formats = {k: "{:.5f}" for k in self.keys}
         self.formats.update(formats or {})
         self.widths = [max(len(str(epochs)), 5)] + [max(len(k), 10) for k in self.keys]
+        self.header_printed = False
 
-    def on_train_begin(self, model: Any) -> None:
-        head = ["epoch"] + self.keys
-        self.say("  " + "  ".join(h.rjust(w) for h, w in zip(head, self.widths)))
-        self.say("  " + "  ".join("-" * w for w in self.widths))
+    def _row(self, cells: Sequence[str]) -> None:
+        self.say("  " + "  ".join(c.rjust(w) for c, w in zip(cells, self.widths)))
 
     def on_epoch_end(self, model: Any, epoch: int, logs: Dict[str, float]) -> Optional[bool]:
-        if epoch + 1 in self.show:
-            vals = [str(epoch + 1)] + [self.formats[k].format(logs[k]) if k in logs else "-"
-                                       for k in self.keys]
-            self.say("  " + "  ".join(v.rjust(w) for v, w in zip(vals, self.widths)))
+        if epoch + 1 not in self.show:
+            return None
+        if not self.header_printed:
+            self._row(["epoch"] + self.keys)
+            self._row(["-" * w for w in self.widths])
+            self.header_printed = True
+        self._row([str(epoch + 1)] + [self.formats[k].format(logs[k]) if k in logs else "-"
+                                      for k in self.keys])
         return None
 
 
