@@ -12,6 +12,7 @@
 #include "chainrule/dense.hpp"
 #include "chainrule/gemm.hpp"
 #include "chainrule/losses.hpp"
+#include "chainrule/threads.hpp"
 #include "common.hpp"
 
 using namespace chainrule;
@@ -345,6 +346,9 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(b.mc, b.kc, b.nc);
       },
       "The GEMM cache block sizes (mc, kc, nc) in elements.");
+  m.def("get_num_threads", &get_num_threads, "Threads the C++ core may use.");
+  m.def("set_num_threads", &set_num_threads, "Sets the threads the C++ core may use (>= 1).",
+        py::arg("n"));
   m.def("gemm_isa", &gemm_isa, "The instruction-set path GEMM runs on.");
   m.def("gemm_supported_isas", &gemm_supported_isas, "The ISA paths this CPU supports.");
   m.def("gemm_set_isa", &gemm_set_isa, "Switches the GEMM ISA path (tests run every one).",

@@ -1,7 +1,8 @@
 // GEMM: C = alpha op(A) op(B) + beta C on row-major operands, op(A) (M, K), op(B) (K, N), C (M, N).
 // A BLIS-style blocked driver: five loops around a register-tile micro-kernel, operands packed
-// into contiguous micro-panels (gemm_pack.cpp) sized by the run-time block table below. Single
-// threaded and deterministic: the same inputs and block sizes always give the same bits.
+// into contiguous micro-panels (gemm_pack.cpp) sized by the run-time block table below. Large
+// products are split over the thread pool; the same inputs and block sizes give the same bits for
+// every thread count and every ISA path.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "chainrule/gemm.hpp"
+#include "chainrule/threads.hpp"
 #include "gemm_internal.hpp"
 
 namespace chainrule {
@@ -318,8 +320,33 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
     gemm_detail::scale_c(M, N, beta, C, ldc);
     return;
   }
-  gemm_detail::gemm_blocked(gemm_detail::select_kernel<T>(), gemm_get_blocking(), ta, tb, M, N, K,
-                            alpha, A, lda, B, ldb, beta, C, ldc);
+  const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>();
+  const GemmBlocking blk = gemm_get_blocking();
+  // Threads split C into slabs of whole register tiles, along N for wide products and along M
+  // for tall ones; each slab is an independent blocked GEMM. Every element still accumulates
+  // over k in the same depth blocks, so the result is the same bits for any thread count.
+  // Below ~64^3 multiply-adds a hand-off costs more than it saves.
+  const int threads = get_num_threads();
+  const double work = double(M) * double(N) * double(K);
+  if (threads > 1 && work >= 262144.0 && (M >= 2 * uk.mr || N >= 2 * uk.nr)) {
+    const bool split_n = N / uk.nr >= M / uk.mr;
+    const index_t tile = split_n ? uk.nr : uk.mr, total = split_n ? N : M;
+    const index_t tiles = (total + tile - 1) / tile;
+    const index_t parts = std::min<index_t>(threads, tiles);
+    const index_t per = (tiles + parts - 1) / parts * tile;
+    const int tasks = int((total + per - 1) / per);
+    parallel_for(tasks, [&](int t) {
+      const index_t lo = index_t(t) * per, len = std::min(per, total - lo);
+      if (split_n)
+        gemm_detail::gemm_blocked(uk, blk, ta, tb, M, len, K, alpha, A, lda,
+                                  tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+      else
+        gemm_detail::gemm_blocked(uk, blk, ta, tb, len, N, K, alpha, ta ? A + lo : A + lo * lda,
+                                  lda, B, ldb, beta, C + lo * ldc, ldc);
+    });
+    return;
+  }
+  gemm_detail::gemm_blocked(uk, blk, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 const char* gemm_isa() { return gemm_detail::kernel_table().isa; }

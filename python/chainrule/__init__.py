@@ -23,11 +23,29 @@ from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Model
 from .optim import SGD, Adam, Optimizer
 
+
+def get_num_threads() -> int:
+    """Threads the C++ core may use (the caller included)."""
+    return int(ops._core.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads the C++ core may use (n >= 1). Results are bitwise the same for any n.
+
+    The default is the environment variable ``CHAINRULE_NUM_THREADS``, else the CPU count.
+    """
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ops._core.set_num_threads(int(n))
+
 __all__ = [
     "__version__", "Model", "History", "Callback", "EarlyStopping", "NotFittedError",
     "Layer", "Dense", "RNN", "LSTM", "GRU", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
     "Loss", "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
-    "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops",
+    "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops", "get_num_threads",
+    "set_num_threads",
     "ModelFileError", "TruncatedFileError", "HeaderError", "NotAModelFileError",
     "UnsupportedVersionError", "ChecksumError", "ArchitectureError",
 ]

@@ -1,0 +1,202 @@
+// A small persistent thread pool (see threads.hpp for the contract).
+//
+// A job is a task function and a count; workers and the caller take task indices from an atomic
+// counter. Workers wait for the next job by spinning on the job generation for a short while, then
+// on a condition variable. Only one job runs at a time; a caller that finds the pool busy runs its
+// tasks inline.
+#include "chainrule/threads.hpp"
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CHAINRULE_PAUSE() _mm_pause()
+#else
+#define CHAINRULE_PAUSE() std::this_thread::yield()
+#endif
+
+namespace chainrule {
+
+namespace {
+
+int default_threads() {
+  if (const char* env = std::getenv("CHAINRULE_NUM_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 1 && v <= 1024) return int(v);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : int(hw);
+}
+
+thread_local bool t_in_task = false;  // a task calling parallel_for runs it inline
+
+class Pool {
+ public:
+  Pool() : threads_(default_threads()) {}
+  ~Pool() { stop(); }
+
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
+  void set_threads(int n) {
+    std::lock_guard<std::mutex> busy(run_mutex_);  // not while a job runs
+    threads_.store(n, std::memory_order_relaxed);
+    if (int(workers_.size()) > n - 1) stop();  // shrink: restart with fewer on next use
+  }
+
+  void run(int n, const std::function<void(int)>& task) {
+    const int want = std::min(threads(), n);
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    if (want <= 1 || t_in_task || !busy.owns_lock()) {
+      for (int i = 0; i < n; ++i) task(i);
+      return;
+    }
+    ensure_workers(want - 1);
+    Job job(&task, n);
+    job_.store(&job);  // seq_cst, like every access to job_ and inside_ below
+    {
+      std::lock_guard<std::mutex> lk(wake_mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    work(job);
+    while (job.pending.load(std::memory_order_acquire) != 0) CHAINRULE_PAUSE();
+    // No worker may still hold a pointer to the job when it goes out of scope: withdraw it, then
+    // wait for any worker between loading it and leaving work().
+    job_.store(nullptr);
+    while (inside_.load() != 0) CHAINRULE_PAUSE();
+    if (job.error) std::rethrow_exception(job.error);
+  }
+
+ private:
+  struct Job {
+    Job(const std::function<void(int)>* t, int n) : task(t), count(n), pending(n) {}
+    const std::function<void(int)>* task;
+    const int count;
+    std::atomic<int> next{0};
+    std::atomic<int> pending;
+    std::mutex error_mutex;
+    std::exception_ptr error;
+  };
+
+  // Takes task indices until none are left; the first exception is kept, later tasks still run so
+  // that pending reaches zero.
+  static void work(Job& job) {
+    t_in_task = true;
+    for (;;) {
+      const int i = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= job.count) break;
+      try {
+        (*job.task)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(job.error_mutex);
+        if (!job.error) job.error = std::current_exception();
+      }
+      job.pending.fetch_sub(1, std::memory_order_acq_rel);
+    }
+    t_in_task = false;
+  }
+
+  void worker_loop() {
+    std::uint64_t seen = generation_.load(std::memory_order_acquire);
+    for (;;) {
+      // Spin ~200 us for the next job before sleeping.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      bool got = false;
+      while (!got) {
+        for (int s = 0; s < 256 && !got; ++s) {
+          got = generation_.load(std::memory_order_acquire) != seen || stopping_.load();
+          if (!got) CHAINRULE_PAUSE();
+        }
+        if (!got && std::chrono::steady_clock::now() > until) {
+          std::unique_lock<std::mutex> lk(wake_mutex_);
+          wake_.wait(lk, [&] {
+            return generation_.load(std::memory_order_acquire) != seen || stopping_.load();
+          });
+          got = true;
+        }
+      }
+      if (stopping_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
+      inside_.fetch_add(1);
+      if (Job* job = job_.load()) work(*job);
+      inside_.fetch_sub(1);
+    }
+  }
+
+  void ensure_workers(int n) {
+    while (int(workers_.size()) < n) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(wake_mutex_);
+      stopping_.store(true);
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_)
+      if (t.joinable()) t.join();
+    workers_.clear();
+    stopping_.store(false);
+  }
+
+  std::atomic<int> threads_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_, wake_mutex_;
+  std::condition_variable wake_;
+  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
+  std::atomic<Job*> job_{nullptr};
+  std::atomic<int> inside_{0};  // workers between loading job_ and leaving work()
+};
+
+// The pool lives on the heap and is never destroyed at exit (workers may still be spinning while
+// static destructors run). After fork() the child's copy is abandoned, not destroyed: its threads
+// do not exist there and its mutexes may be held.
+std::atomic<Pool*> g_pool{nullptr};
+std::once_flag g_atfork_once;
+
+void reset_after_fork_in_child() { g_pool.store(nullptr); }
+
+Pool& pool() {
+  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &reset_after_fork_in_child); });
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (!p) {
+    static std::mutex create;
+    std::lock_guard<std::mutex> lk(create);
+    p = g_pool.load(std::memory_order_acquire);
+    if (!p) {
+      p = new Pool();
+      g_pool.store(p, std::memory_order_release);
+    }
+  }
+  return *p;
+}
+
+}  // namespace
+
+int get_num_threads() { return pool().threads(); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("the number of threads must be >= 1, got " + std::to_string(n));
+  pool().set_threads(n);
+}
+
+void parallel_for(int n, const std::function<void(int)>& task) {
+  if (n <= 0) return;
+  pool().run(n, task);
+}
+
+}  // namespace chainrule

@@ -1,0 +1,82 @@
+"""The thread pool: results do not depend on the thread count, and the pool survives fork."""
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule import ops
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = cr.get_num_threads()
+    yield
+    cr.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_same_bits_for_any_thread_count(dtype):
+    rng = np.random.default_rng(0)
+    for m, n, k in [(300, 257, 190), (33, 700, 64), (700, 40, 80)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((n, k)).astype(dtype)
+        outs = []
+        for t in (1, 2, 3):
+            cr.set_num_threads(t)
+            outs.append(ops.gemm(a, b, trans_b=True))
+        assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+        np.testing.assert_allclose(outs[0], a.astype(np.float64) @ b.T, rtol=1e-3 if dtype ==
+                                   np.float32 else 1e-10, atol=1e-3)
+
+
+def _train(threads, seed=3):
+    cr.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((512, 96)).astype(np.float32)
+    y = rng.integers(0, 5, 512)
+    m = cr.Model([cr.Dense(96, 256), cr.ReLU(), cr.Dense(256, 5)], loss="cross_entropy",
+                 optimizer=cr.SGD(lr=0.05, momentum=0.9), seed=seed)
+    h = m.fit(X, y, epochs=3, batch_size=128)
+    return m.state_dict(), h.history
+
+
+def test_training_same_bits_for_1_2_3_threads():
+    results = [_train(t) for t in (1, 2, 3)]
+    for sd, hist in results[1:]:
+        assert hist == results[0][1]
+        for k in sd:
+            assert np.array_equal(sd[k], results[0][0][k]), k
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError):
+        cr.set_num_threads(0)
+    with pytest.raises(TypeError):
+        cr.set_num_threads(1.5)
+
+
+def _child_work(q):
+    try:
+        sd, hist = _train(2, seed=4)
+        q.put(("ok", float(hist["loss"][-1])))
+    except BaseException as e:  # pragma: no cover - reported to the parent
+        q.put(("error", repr(e)))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_child_process_can_train_after_parent_used_threads(method):
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available here")
+    _train(2)  # the parent's pool has live workers now
+    ctx = mp.get_context(method)
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_work, args=(q,))
+    p.start()
+    p.join(120)
+    if p.is_alive():
+        p.kill()
+        pytest.fail(f"child started with {method!r} hung")
+    status, value = q.get(timeout=5)
+    assert status == "ok", value
+    assert np.isfinite(value)
