@@ -24,6 +24,18 @@ from .model import Model
 from .optim import SGD, Adam, Optimizer
 
 
+def cmake_dir() -> str:
+    """The folder holding chainrule's CMake package (for ``find_package(chainrule)``): pass it
+    as ``-DCMAKE_PREFIX_PATH`` to link the C++ core (``chainrule::core``) without Python."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.isfile(os.path.join(here, "lib", "cmake", "chainrule", "chainruleConfig.cmake")):
+        raise FileNotFoundError("this chainrule has no C++ package beside it (a development tree "
+                                "run from source?); install it with pip to get one")
+    return here
+
+
 def get_num_threads() -> int:
     """Threads the C++ core may use (the caller included)."""
     return int(ops._core.get_num_threads())
@@ -45,7 +57,7 @@ __all__ = [
     "Layer", "Dense", "RNN", "LSTM", "GRU", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
     "Loss", "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops", "get_num_threads",
-    "set_num_threads",
+    "set_num_threads", "cmake_dir",
     "ModelFileError", "TruncatedFileError", "HeaderError", "NotAModelFileError",
     "UnsupportedVersionError", "ChecksumError", "ArchitectureError",
 ]
