@@ -123,6 +123,7 @@ class Model:
         self._net: Any = None
         self._in_features: Optional[int] = None
         self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._has_input_grad = False  # a backward ran since the last forward
         self._warn_double_activation()
         # The input size is that of the first layer that has one (activations pass it through);
         # None there means the weights are created from the first data seen.
@@ -301,6 +302,7 @@ class Model:
         x, time = self._check_X(X)
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
+        self._has_input_grad = False
         return out.reshape(self._last_out_shape)
 
     __call__ = forward
@@ -330,15 +332,19 @@ class Model:
                 raise ValueError(f"grad_output has shape {g.shape}, but the last forward output "
                                  f"has shape {self._last_out_shape}")
             self._net.backward_grad(g)
+            self._has_input_grad = True
             return None
         yf, yi = self._check_y(y, self._last_out_shape)
-        return float(self._net.backward_loss(yf, yi))
+        loss = float(self._net.backward_loss(yf, yi))
+        self._has_input_grad = True
+        return loss
 
     @property
     def input_grad(self) -> np.ndarray:
         """``∂L/∂X`` from the last backward, shaped like the last forward's input."""
-        if self._last_out_shape is None:
-            raise RuntimeError("input_grad needs a forward() and a backward() first")
+        if self._last_out_shape is None or not self._has_input_grad:
+            # The core's buffer holds the last backward's dL/dX, possibly of another batch size.
+            raise RuntimeError("input_grad needs a forward() and then a backward() first")
         g = self._net.input_grad()
         n = self._last_out_shape[0]
         return g.reshape((n,) + ((-1,) if len(self._last_out_shape) == 2 else
@@ -511,6 +517,9 @@ class Model:
         metric = "accuracy" if self.is_classifier else "r2"
         history = History()
         self.stop_training = False
+        # fit's batches overwrite the forward tape: a later backward needs a new forward.
+        self._last_out_shape = None
+        self._has_input_grad = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
