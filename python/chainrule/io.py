@@ -141,9 +141,15 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
         count = 1
         for d in shape:  # Python ints: no overflow, and the bound below rejects absurd products
             count *= d
-        if not 0 <= begin <= end <= data_len or end - begin != count * _DTYPES[code].itemsize:
+        nbytes = count * _DTYPES[code].itemsize
+        if nbytes >= 2**63:
+            raise HeaderError(f"tensor {name!r}: shape {shape} of {code} overflows a 64-bit size")
+        if not 0 <= begin <= end or end - begin != nbytes:
             raise HeaderError(f"tensor {name!r}: data_offsets {offs} do not fit shape {shape} of "
-                              f"{code} within the {data_len} bytes of data")
+                              f"{code}")
+        if end > data_len:
+            raise TruncatedFileError(f"tensor {name!r} ends at byte {end} of the data, but the "
+                                     f"file holds {data_len} bytes of data; the file is truncated")
         out.append((name, code, tuple(shape), begin, end))
     # The tensors must tile the data exactly: no overlap, no gap, nothing after.
     pos = 0
