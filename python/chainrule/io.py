@@ -105,7 +105,7 @@ def _parse_header(data: bytes) -> Tuple[Dict[str, Any], Dict[str, str], int]:
                                  "file is truncated")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting: RecursionError
         raise HeaderError(f"header is not valid JSON ({e}); this is not a chainrule model file, "
                           "or it is damaged") from None
     if not isinstance(header, dict):
@@ -194,7 +194,7 @@ def from_bytes(data: bytes) -> Any:
         config = json.loads(meta["config"])
         step = int(meta.get("optimizer_step", "0"))
         rng = json.loads(meta.get("rng_state", "null"))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise HeaderError(f"metadata is incomplete or malformed: {e}") from None
     try:
         model = Model.from_config(config)
