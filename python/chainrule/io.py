@@ -3,7 +3,7 @@
 A file holds every parameter under its PyTorch name (so ``safetensors.torch.load_file`` gives a
 state dict PyTorch loads), the optimizer state under ``optimizer.<param>.<buffer>``, and in the
 metadata the format version, the architecture as JSON, the generator state and a SHA-256 checksum
-over the tensors. Loading never unpickles or executes anything: the header is size-capped JSON,
+over the tensors and the rest of the metadata. Loading never unpickles or executes anything: the header is size-capped JSON,
 every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
 Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
 """
@@ -57,8 +57,12 @@ class ArchitectureError(ModelFileError):
     """The architecture cannot be built, or the tensors do not fit it."""
 
 
-def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]]) -> str:
+def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]],
+              metadata: Dict[str, str]) -> str:
     h = hashlib.sha256()
+    # The metadata too (all but the checksum itself): a damaged architecture, optimizer step or
+    # generator state would otherwise load as a different model without a word.
+    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != "checksum")).encode())
     for name, code, shape, raw in sorted(tensors):
         h.update(json.dumps([name, code, list(shape), len(raw)]).encode())
         h.update(raw)
@@ -87,8 +91,8 @@ def to_bytes(model: Any) -> bytes:
         "config": json.dumps(model.get_config()),
         "optimizer_step": str(opt["step"]),
         "rng_state": json.dumps([int(w) for w in net.rng_state()]),
-        "checksum": _checksum(entries),
     }
+    metadata["checksum"] = _checksum(entries, metadata)
     return st_save(tensors, metadata=metadata)
 
 
@@ -187,7 +191,7 @@ def from_bytes(data: bytes) -> Any:
         raw = data[start + begin:start + end]
         raw_entries.append((name, code, shape, raw))
         tensors[name] = np.frombuffer(raw, dtype=_DTYPES[code]).reshape(shape).copy()
-    if meta.get("checksum") != _checksum(raw_entries):
+    if meta.get("checksum") != _checksum(raw_entries, meta):
         raise ChecksumError("tensor data does not match the file's checksum: the file is "
                             "damaged")
     try:
