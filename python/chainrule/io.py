@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -169,6 +170,33 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
     return out
 
 
+def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
+    """Refuses layer sizes the file's tensors cannot hold, before anything is allocated.
+
+    A layer has at least as many parameters as the product of its sizes (Dense: in x out), so
+    a config asking for more than the file holds is damaged or forged; building it first would let
+    a file of a few hundred bytes make the model allocate and zero gigabytes.
+    """
+    from .layers import layer_from_config
+
+    layers = [layer_from_config(c) for c in config["layers"]]
+    f = config.get("in_features")
+    if f is None:  # the input size as Model finds it: from the first layer that has one
+        for layer in layers:
+            if hasattr(layer, "in_features") or hasattr(layer, "input_size"):
+                f = getattr(layer, "in_features", getattr(layer, "input_size", None))
+                break
+    if f is None:
+        return  # not built on load, so nothing is allocated
+    for i, layer in enumerate(layers):
+        sizes = [v for k, v in layer.spec(int(f)).items()
+                 if k.endswith(("features", "_size")) and isinstance(v, int)]
+        if sizes and math.prod(sizes) > n_params:
+            raise ValueError(f"layer {i} ({layer!r} on {f} features) needs more parameters than "
+                             f"the {n_params} the file holds")
+        f = layer.output_features(int(f))
+
+
 def from_bytes(data: bytes) -> Any:
     """Rebuilds a model from :func:`to_bytes`'s output, validating everything first."""
     from .model import Model
@@ -200,11 +228,12 @@ def from_bytes(data: bytes) -> Any:
         rng = json.loads(meta.get("rng_state", "null"))
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise HeaderError(f"metadata is incomplete or malformed: {e}") from None
-    try:
-        model = Model.from_config(config)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ArchitectureError(f"the saved architecture cannot be built: {e}") from None
     params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    try:
+        _check_layer_sizes(config, sum(v.size for v in params.values()))
+        model = Model.from_config(config)
+    except (ValueError, TypeError, KeyError, AttributeError, MemoryError) as e:
+        raise ArchitectureError(f"the saved architecture cannot be built: {e}") from None
     try:
         model.load_state_dict(params, strict=True)
     except (ValueError, TypeError) as e:
