@@ -266,13 +266,13 @@ class Model:
                                      "indices (integers) of shape "
                                      f"{out_shape[:-1]} or class probabilities of shape "
                                      f"{out_shape}.")
-                yi = np.ascontiguousarray(a, dtype=np.int64)
-                lo, hi = int(yi.min()), int(yi.max())
+                # Range check before the cast: 1e30 would become int64's minimum.
+                lo, hi = a.min(), a.max()
                 if lo < 0 or hi >= C:
                     bad = lo if lo < 0 else hi
                     raise ValueError(f"y contains class {bad}, but the model's output has {C} "
                                      f"classes (expected 0 <= y < {C}).")
-                return None, yi
+                return None, np.ascontiguousarray(a, dtype=np.int64)
             if a.shape != out_shape:
                 raise ValueError(f"y has shape {a.shape}, but cross_entropy expects class "
                                  f"indices of shape {out_shape[:-1]} or class probabilities of "
