@@ -39,7 +39,8 @@ _STATE_NAMES = {"sgd": {"buf": "momentum_buffer"},
 
 def _parse_dtype(dtype: Any) -> np.dtype:
     try:
-        name = np.dtype(dtype).name
+        # np.dtype(None) is float64: None would silently double the default float32's precision.
+        name = np.dtype(dtype).name if dtype is not None else "None"
     except TypeError:
         name = str(dtype)
     if name not in _DTYPES:
