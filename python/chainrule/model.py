@@ -480,6 +480,7 @@ class Model:
         out_shape = self._output_shape(x.shape[0], time)
         yf, yi = self._check_y(y, out_shape)
         batch = x.shape[0] if batch_size is None else check_positive_int("batch_size", batch_size)
+        batch = min(batch, x.shape[0])  # the core clamps too, but takes only 64-bit sizes
         max_norm = 0.0 if clip_grad_norm is None else float(clip_grad_norm)
         clip_value = 0.0 if clip_grad_value is None else float(clip_grad_value)
         if clip_grad_norm is not None and not max_norm > 0:
