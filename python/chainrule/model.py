@@ -516,6 +516,8 @@ class Model:
             stopper = (early_stopping if isinstance(early_stopping, EarlyStopping)
                        else EarlyStopping(patience=early_stopping))
             cbs.append(stopper)
+        else:  # given among the callbacks, as Keras users do: report it the same way
+            stopper = next((cb for cb in cbs if isinstance(cb, EarlyStopping)), None)
         metric = "accuracy" if self.is_classifier else "r2"
         history = History()
         self.stop_training = False
