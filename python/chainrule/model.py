@@ -727,9 +727,14 @@ class Model:
 
     def __getstate__(self) -> Dict[str, Any]:
         # Pickling goes through the same safe format: no code in the bytes.
+        if self._net is None:  # no weights yet (lazy first layer): the architecture is all
+            return {"chainrule_config": self.get_config()}
         return {"chainrule_model": self.to_bytes()}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         from .io import from_bytes
-        other = from_bytes(state["chainrule_model"])
+        if "chainrule_config" in state:
+            other = Model.from_config(state["chainrule_config"])
+        else:
+            other = from_bytes(state["chainrule_model"])
         self.__dict__.update(other.__dict__)
