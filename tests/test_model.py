@@ -273,6 +273,13 @@ def test_predict_does_not_change_the_model_or_its_input(rng):
     np.testing.assert_array_equal(model.forward(X), p1)
 
 
+def test_predict_in_chunks_equals_one_forward(rng):
+    """predict bounds its workspace by running wide layers over chunks of samples."""
+    model = cr.Model([cr.Dense(3, 4096), cr.Tanh(), cr.Dense(4096, 2)], dtype="float64", seed=0)
+    X = rng.standard_normal((700, 3))  # several chunks of 256 rows, the last one partial
+    np.testing.assert_array_equal(model.predict(X), model.forward(X))
+
+
 def test_predict_accepts_lists_and_other_dtypes(rng):
     model = cr.Model([cr.Dense(2, 3)], dtype="float64", seed=0)
     X = rng.standard_normal((4, 2))

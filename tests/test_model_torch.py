@@ -170,6 +170,64 @@ def test_backward_from_grad_output_matches_torch(act, rng):
     assert_close(model.input_grad, xt.grad)
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_kink_at_exactly_zero_takes_torch_subgradient(act):
+    """Pre-activations of exactly 0: ReLU passes no gradient, LeakyReLU passes the slope."""
+    model, seq = build([("dense", 2, 3, False), act, ("dense", 3, 1, True)])
+    W = np.array([[1.0, 1.0], [1.0, -1.0], [0.0, 1.0]])
+    model.load_state_dict({**model.state_dict(), "0.weight": W})
+    seq[0].weight.data = torch.tensor(W)
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]])  # every row has a zero pre-activation
+    y = np.ones((3, 1))
+    model.forward(X)
+    model.backward(y)
+    xt = torch.tensor(X, requires_grad=True)
+    F.mse_loss(seq(xt), torch.tensor(y)).backward()
+    assert_same_grads(model, seq, rtol=0, atol=0)
+    assert_close(model.input_grad, xt.grad, rtol=0, atol=0)
+
+
+def _compare_loaded(arch, loss, state, X, y, dtype, tol):
+    model, seq = build(arch, loss=loss, dtype=dtype)
+    model.load_state_dict(state)
+    seq.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    out = model.forward(X)
+    value = model.backward(y)
+    xt = torch.tensor(X, requires_grad=True)
+    tout = seq(xt)
+    tl = torch_loss(tout, y, loss)
+    tl.backward()
+    assert np.isfinite(value) and math.isclose(value, tl.item(), rel_tol=tol["rtol"])
+    assert_close(out, tout, **tol)
+    assert_same_grads(model, seq, **tol)
+    assert_close(model.input_grad, xt.grad, **tol)
+    return value
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bce_clamps_saturated_probabilities_as_torch(dtype):
+    """Logits of +-120 make the sigmoid exactly 1 (and 0 in float32): log(1 - p) is clamped at
+    -100 and p (1 - p) at 1e-12, as in torch; a third row stays in the sigmoid's linear range."""
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == "float32" else dict(rtol=RTOL, atol=ATOL)
+    X = np.array([[1.0, 1.0], [-1.0, -1.0], [0.01, 0.005]], dtype=dtype)
+    y = np.array([[0.0], [1.0], [1.0]])
+    state = {"0.weight": np.array([[60.0, 60.0]]), "0.bias": np.zeros(1)}
+    value = _compare_loaded([("dense", 2, 1, True), "sigmoid"], "bce", state, X, y, dtype, tol)
+    assert value > 200 / 3 - 1  # two rows at the -100 clamp
+
+
+@pytest.mark.parametrize("loss_case", ["bce_with_logits", "ce_index"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_losses_on_huge_logits_stay_finite_and_match_torch(loss_case, dtype):
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=RTOL, atol=1e-9)
+    X = np.array([[1.0, 1.0], [-1.0, -1.0], [0.1, 0.2]], dtype=dtype)
+    W = np.array([[500.0, -500.0], [-500.0, 400.0], [300.0, 500.0]])
+    state = {"0.weight": W, "0.bias": np.array([0.0, 100.0, -100.0])}
+    y = np.eye(3)[[0, 2, 1]] if loss_case == "bce_with_logits" else np.array([0, 1, 2])
+    loss = "cross_entropy" if loss_case == "ce_index" else loss_case
+    _compare_loaded([("dense", 2, 3, True)], loss, state, X, y, dtype, tol)
+
+
 def test_gradients_accumulate_until_zero_grad(rng):
     model, seq = build([("dense", 3, 4, True), "tanh", ("dense", 4, 2, True)])
     X1, X2 = rng.standard_normal((5, 3)), rng.standard_normal((3, 3))
