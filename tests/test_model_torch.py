@@ -433,18 +433,19 @@ def test_float32_adam_training_tracks_torch(rng):
 # ---------------------------------------------------------------------------------------------
 
 FIT_CASES = [
-    ("mse", "sgd", dict(lr=0.05, momentum=0.9), None),
-    ("ce_index", "adam", dict(lr=0.01), None),
-    ("ce_prob", "sgd", dict(lr=0.1, nesterov=True, momentum=0.8), 0.5),
-    ("bce_with_logits", "adam", dict(lr=0.01, amsgrad=True, weight_decay=0.01), 0.3),
+    ("mse", "sgd", dict(lr=0.05, momentum=0.9), None, "mean"),
+    ("mse", "sgd", dict(lr=0.01), None, "sum"),
+    ("ce_index", "adam", dict(lr=0.01), None, "mean"),
+    ("ce_prob", "sgd", dict(lr=0.1, nesterov=True, momentum=0.8), 0.5, "mean"),
+    ("bce_with_logits", "adam", dict(lr=0.01, amsgrad=True, weight_decay=0.01), 0.3, "sum"),
 ]
 
 
-@pytest.mark.parametrize("loss_case,kind,cfg,clip", FIT_CASES)
-def test_fit_without_shuffle_equals_torch_loop(loss_case, kind, cfg, clip, rng):
+@pytest.mark.parametrize("loss_case,kind,cfg,clip,reduction", FIT_CASES)
+def test_fit_without_shuffle_equals_torch_loop(loss_case, kind, cfg, clip, reduction, rng):
     arch, name, y = case(loss_case, "tanh", rng, n=24)
     X = rng.standard_normal((24, 4))
-    model, seq = build(arch, loss=name)
+    model, seq = build(arch, loss=_loss(name, reduction))
     opt, topt = make_optimizers(kind, cfg, seq)
     model.optimizer = opt
     hist = model.fit(X, y, epochs=4, batch_size=6, shuffle=False, clip_grad_norm=clip)
@@ -454,7 +455,7 @@ def test_fit_without_shuffle_equals_torch_loop(loss_case, kind, cfg, clip, rng):
         ep_losses, ep_norms = [], []
         for b in range(0, 24, 6):
             topt.zero_grad()
-            tl = torch_loss(seq(torch.tensor(X[b:b + 6])), y[b:b + 6], name)
+            tl = torch_loss(seq(torch.tensor(X[b:b + 6])), y[b:b + 6], name, reduction)
             tl.backward()
             if clip is not None:
                 ep_norms.append(torch.nn.utils.clip_grad_norm_(seq.parameters(), clip).item())

@@ -147,10 +147,10 @@ def test_file_is_plain_safetensors(tmp_path):
         np.testing.assert_array_equal(fresh.state_dict()[k], v)
 
 
-def test_file_loads_into_torch(tmp_path):
+def test_file_loads_into_torch_and_training_continues_there(tmp_path):
     torch = pytest.importorskip("torch")
     st_torch = pytest.importorskip("safetensors.torch")
-    model, X, _ = trained("sgd_momentum")
+    model, X, y = trained("sgd_momentum")
     path = tmp_path / "m.safetensors"
     model.save(path)
     tensors = st_torch.load_file(str(path))
@@ -159,12 +159,22 @@ def test_file_loads_into_torch(tmp_path):
     seq.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
     with torch.no_grad():
         np.testing.assert_allclose(seq(torch.tensor(X)).numpy(), model.predict(X), rtol=1e-12)
-    # the momentum buffers are torch.optim.SGD's
+    # The momentum buffers are torch.optim.SGD's: one more step agrees on both sides.
     opt = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                          weight_decay=1e-3)
+                          weight_decay=1e-3, foreach=False)
+    names = [n for n, _ in seq.named_parameters()]
     opt.load_state_dict({"state": {i: {"momentum_buffer": tensors[f"optimizer.{n}.momentum_buffer"]}
-                                   for i, n in enumerate(["0.weight", "0.bias", "2.weight"])},
+                                   for i, n in enumerate(names)},
                          "param_groups": opt.state_dict()["param_groups"]})
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(seq(torch.tensor(X[:8])), torch.tensor(y[:8])).backward()
+    opt.step()
+    model.zero_grad()
+    model.forward(X[:8])
+    model.backward(y[:8])
+    model.step()
+    for k, v in seq.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_plain_safetensors_file_is_not_a_model(tmp_path):
