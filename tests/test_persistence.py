@@ -300,7 +300,9 @@ def test_huge_header_length(n):
 
 
 @pytest.mark.parametrize("header", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff\xfe",
-                                    b"not json", b"[1, 2]", b'"s"'])
+                                    b"not json", b"[1, 2]", b'"s"'],
+                         ids=["deep-array", "deep-object", "not-utf8", "not-json", "array",
+                              "string"])
 def test_header_that_is_not_a_json_object(header):
     with pytest.raises(cr.HeaderError):
         cr.from_bytes(struct.pack("<Q", len(header)) + header)
