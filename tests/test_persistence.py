@@ -373,8 +373,9 @@ def test_from_bytes_needs_bytes():
 # atomic saving
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("failing", ["fsync", "replace"])
+@pytest.mark.parametrize("failing", ["os.fsync", "os.replace", "tempfile.mkstemp"])
 def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, failing):
+    """mkstemp failing stands in for a folder we may not write to (chmod is moot for root)."""
     path = tmp_path / "m.safetensors"
     old, X, _ = trained("adam", epochs=1)
     old.save(path)
@@ -382,7 +383,8 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch
 
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(crio.os, failing, boom)
+    module, name = failing.split(".")
+    monkeypatch.setattr(getattr(crio, module), name, boom)
     with pytest.raises(OSError, match="No space"):
         new.save(path)
     monkeypatch.undo()
