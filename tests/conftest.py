@@ -11,8 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-import chainrule as cr
-
 
 class _TorchBlocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
@@ -58,14 +56,3 @@ def blobs(rng):
     X = centers[y] + 0.7 * rng.standard_normal((90, 2))
     order = rng.permutation(90)
     return X[order], y[order]
-
-
-def small_mlp(in_features: int = 3, out_features: int = 2, **kwargs) -> cr.Model:
-    """A 2-layer tanh MLP (used where the architecture does not matter)."""
-    kwargs.setdefault("seed", 0)
-    return cr.Model([cr.Dense(in_features, 8), cr.Tanh(), cr.Dense(8, out_features)], **kwargs)
-
-
-@pytest.fixture
-def make_mlp():
-    return small_mlp
