@@ -3,7 +3,7 @@
 A file holds every parameter under its PyTorch name (so ``safetensors.torch.load_file`` gives a
 state dict PyTorch loads), the optimizer state under ``optimizer.<param>.<buffer>``, and in the
 metadata the format version, the architecture as JSON, the generator state and a SHA-256 checksum
-over the tensors. Loading never unpickles or executes anything: the header is size-capped JSON,
+over the tensors and the rest of the metadata. Loading never unpickles or executes anything: the header is size-capped JSON,
 every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
 Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -57,8 +58,12 @@ class ArchitectureError(ModelFileError):
     """The architecture cannot be built, or the tensors do not fit it."""
 
 
-def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]]) -> str:
+def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]],
+              metadata: Dict[str, str]) -> str:
     h = hashlib.sha256()
+    # The metadata too (all but the checksum itself): a damaged architecture, optimizer step or
+    # generator state would otherwise load as a different model without a word.
+    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != "checksum")).encode())
     for name, code, shape, raw in sorted(tensors):
         h.update(json.dumps([name, code, list(shape), len(raw)]).encode())
         h.update(raw)
@@ -87,8 +92,8 @@ def to_bytes(model: Any) -> bytes:
         "config": json.dumps(model.get_config()),
         "optimizer_step": str(opt["step"]),
         "rng_state": json.dumps([int(w) for w in net.rng_state()]),
-        "checksum": _checksum(entries),
     }
+    metadata["checksum"] = _checksum(entries, metadata)
     return st_save(tensors, metadata=metadata)
 
 
@@ -105,7 +110,7 @@ def _parse_header(data: bytes) -> Tuple[Dict[str, Any], Dict[str, str], int]:
                                  "file is truncated")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting: RecursionError
         raise HeaderError(f"header is not valid JSON ({e}); this is not a chainrule model file, "
                           "or it is damaged") from None
     if not isinstance(header, dict):
@@ -141,9 +146,15 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
         count = 1
         for d in shape:  # Python ints: no overflow, and the bound below rejects absurd products
             count *= d
-        if not 0 <= begin <= end <= data_len or end - begin != count * _DTYPES[code].itemsize:
+        nbytes = count * _DTYPES[code].itemsize
+        if nbytes >= 2**63:
+            raise HeaderError(f"tensor {name!r}: shape {shape} of {code} overflows a 64-bit size")
+        if not 0 <= begin <= end or end - begin != nbytes:
             raise HeaderError(f"tensor {name!r}: data_offsets {offs} do not fit shape {shape} of "
-                              f"{code} within the {data_len} bytes of data")
+                              f"{code}")
+        if end > data_len:
+            raise TruncatedFileError(f"tensor {name!r} ends at byte {end} of the data, but the "
+                                     f"file holds {data_len} bytes of data; the file is truncated")
         out.append((name, code, tuple(shape), begin, end))
     # The tensors must tile the data exactly: no overlap, no gap, nothing after.
     pos = 0
@@ -157,6 +168,33 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
                                  f"{pos}") if pos > data_len else HeaderError(
             f"{data_len - pos} bytes after the last tensor: the file is damaged")
     return out
+
+
+def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
+    """Refuses layer sizes the file's tensors cannot hold, before anything is allocated.
+
+    A layer has at least as many parameters as the product of its sizes (Dense: in x out), so
+    a config asking for more than the file holds is damaged or forged; building it first would let
+    a file of a few hundred bytes make the model allocate and zero gigabytes.
+    """
+    from .layers import layer_from_config
+
+    layers = [layer_from_config(c) for c in config["layers"]]
+    f = config.get("in_features")
+    if f is None:  # the input size as Model finds it: from the first layer that has one
+        for layer in layers:
+            if hasattr(layer, "in_features") or hasattr(layer, "input_size"):
+                f = getattr(layer, "in_features", getattr(layer, "input_size", None))
+                break
+    if f is None:
+        return  # not built on load, so nothing is allocated
+    for i, layer in enumerate(layers):
+        sizes = [v for k, v in layer.spec(int(f)).items()
+                 if k.endswith(("features", "_size")) and isinstance(v, int)]
+        if sizes and math.prod(sizes) > n_params:
+            raise ValueError(f"layer {i} ({layer!r} on {f} features) needs more parameters than "
+                             f"the {n_params} the file holds")
+        f = layer.output_features(int(f))
 
 
 def from_bytes(data: bytes) -> Any:
@@ -181,20 +219,21 @@ def from_bytes(data: bytes) -> Any:
         raw = data[start + begin:start + end]
         raw_entries.append((name, code, shape, raw))
         tensors[name] = np.frombuffer(raw, dtype=_DTYPES[code]).reshape(shape).copy()
-    if meta.get("checksum") != _checksum(raw_entries):
+    if meta.get("checksum") != _checksum(raw_entries, meta):
         raise ChecksumError("tensor data does not match the file's checksum: the file is "
                             "damaged")
     try:
         config = json.loads(meta["config"])
         step = int(meta.get("optimizer_step", "0"))
         rng = json.loads(meta.get("rng_state", "null"))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise HeaderError(f"metadata is incomplete or malformed: {e}") from None
-    try:
-        model = Model.from_config(config)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ArchitectureError(f"the saved architecture cannot be built: {e}") from None
     params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    try:
+        _check_layer_sizes(config, sum(v.size for v in params.values()))
+        model = Model.from_config(config)
+    except (ValueError, TypeError, KeyError, AttributeError, MemoryError) as e:
+        raise ArchitectureError(f"the saved architecture cannot be built: {e}") from None
     try:
         model.load_state_dict(params, strict=True)
     except (ValueError, TypeError) as e:

@@ -39,7 +39,8 @@ _STATE_NAMES = {"sgd": {"buf": "momentum_buffer"},
 
 def _parse_dtype(dtype: Any) -> np.dtype:
     try:
-        name = np.dtype(dtype).name
+        # np.dtype(None) is float64: None would silently double the default float32's precision.
+        name = np.dtype(dtype).name if dtype is not None else "None"
     except TypeError:
         name = str(dtype)
     if name not in _DTYPES:
@@ -145,6 +146,7 @@ class Model:
         self._in_features: Optional[int] = None
         self._last_out_shape: Optional[Tuple[int, ...]] = None
         self._bptt_memory: Union[str, int] = "all"
+        self._has_input_grad = False  # a backward ran since the last forward
         self._warn_double_activation()
         # The input size is that of the first layer that has one (activations pass it through);
         # None there means the weights are created from the first data seen.
@@ -299,13 +301,13 @@ class Model:
                                      "indices (integers) of shape "
                                      f"{out_shape[:-1]} or class probabilities of shape "
                                      f"{out_shape}.")
-                yi = np.ascontiguousarray(a, dtype=np.int64)
-                lo, hi = int(yi.min()), int(yi.max())
+                # Range check before the cast: 1e30 would become int64's minimum.
+                lo, hi = a.min(), a.max()
                 if lo < 0 or hi >= C:
                     bad = lo if lo < 0 else hi
                     raise ValueError(f"y contains class {bad}, but the model's output has {C} "
                                      f"classes (expected 0 <= y < {C}).")
-                return None, yi
+                return None, np.ascontiguousarray(a, dtype=np.int64)
             if a.shape != out_shape:
                 raise ValueError(f"y has shape {a.shape}, but cross_entropy expects class "
                                  f"indices of shape {out_shape[:-1]} or class probabilities of "
@@ -346,6 +348,7 @@ class Model:
         self._apply_initial_state(initial_state, len(x))
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
+        self._has_input_grad = False
         return out.reshape(self._last_out_shape)
 
     __call__ = forward
@@ -375,15 +378,19 @@ class Model:
                 raise ValueError(f"grad_output has shape {g.shape}, but the last forward output "
                                  f"has shape {self._last_out_shape}")
             self._net.backward_grad(g)
+            self._has_input_grad = True
             return None
         yf, yi = self._check_y(y, self._last_out_shape)
-        return float(self._net.backward_loss(yf, yi))
+        loss = float(self._net.backward_loss(yf, yi))
+        self._has_input_grad = True
+        return loss
 
     @property
     def input_grad(self) -> np.ndarray:
         """``∂L/∂X`` from the last backward, shaped like the last forward's input."""
-        if self._last_out_shape is None:
-            raise RuntimeError("input_grad needs a forward() and a backward() first")
+        if self._last_out_shape is None or not self._has_input_grad:
+            # The core's buffer holds the last backward's dL/dX, possibly of another batch size.
+            raise RuntimeError("input_grad needs a forward() and then a backward() first")
         g = self._net.input_grad()
         n = self._last_out_shape[0]
         return g.reshape((n,) + ((-1,) if len(self._last_out_shape) == 2 else
@@ -650,6 +657,7 @@ class Model:
         out_shape = self._output_shape(x.shape[0], time)
         yf, yi = self._check_y(y, out_shape)
         batch = x.shape[0] if batch_size is None else check_positive_int("batch_size", batch_size)
+        batch = min(batch, x.shape[0])  # the core clamps too, but takes only 64-bit sizes
         max_norm = 0.0 if clip_grad_norm is None else float(clip_grad_norm)
         clip_value = 0.0 if clip_grad_value is None else float(clip_grad_value)
         if clip_grad_norm is not None and not max_norm > 0:
@@ -685,10 +693,15 @@ class Model:
             stopper = (early_stopping if isinstance(early_stopping, EarlyStopping)
                        else EarlyStopping(patience=early_stopping))
             cbs.append(stopper)
+        else:  # given among the callbacks, as Keras users do: report it the same way
+            stopper = next((cb for cb in cbs if isinstance(cb, EarlyStopping)), None)
         metric = "accuracy" if self.is_classifier else "r2"
         self._apply_bptt_memory(bptt_memory)
         history = History()
         self.stop_training = False
+        # fit's batches overwrite the forward tape: a later backward needs a new forward.
+        self._last_out_shape = None
+        self._has_input_grad = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -920,9 +933,14 @@ class Model:
 
     def __getstate__(self) -> Dict[str, Any]:
         # Pickling goes through the same safe format: no code in the bytes.
+        if self._net is None:  # no weights yet (lazy first layer): the architecture is all
+            return {"chainrule_config": self.get_config()}
         return {"chainrule_model": self.to_bytes()}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         from .io import from_bytes
-        other = from_bytes(state["chainrule_model"])
+        if "chainrule_config" in state:
+            other = Model.from_config(state["chainrule_config"])
+        else:
+            other = from_bytes(state["chainrule_model"])
         self.__dict__.update(other.__dict__)

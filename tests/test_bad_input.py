@@ -1,0 +1,381 @@
+"""Bad input at the public boundary: each case raises its documented error, and the message says
+what was received and what was expected (matched on its key words).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule.layers import activation, layer_from_config
+
+
+@pytest.fixture
+def model():
+    return cr.Model([cr.Dense(2, 4), cr.Tanh(), cr.Dense(4, 1)], seed=0)
+
+
+@pytest.fixture
+def clf():
+    return cr.Model([cr.Dense(2, 4), cr.Tanh(), cr.Dense(4, 3)], loss="cross_entropy", seed=0)
+
+
+X2 = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+Y1 = np.array([[0.0], [1.0], [1.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# X
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["fit", "predict", "evaluate", "forward"])
+def test_1d_X(model, method):
+    args = (np.array([1.0, 2.0]),) + ((Y1[:2],) if method in ("fit", "evaluate") else ())
+    with pytest.raises(ValueError, match=r"(?s)Expected 2D array, got 1D array instead.*reshape"):
+        getattr(model, method)(*args)
+
+
+@pytest.mark.parametrize("X", [np.float64(3.0), np.zeros((2, 2, 2, 2))])
+def test_X_of_other_ranks(model, X):
+    with pytest.raises(ValueError, match=r"Expected 2D or 3D array.*got [04]D"):
+        model.predict(X)
+
+
+@pytest.mark.parametrize("method", ["fit", "predict", "evaluate", "forward"])
+def test_wrong_feature_count(model, method):
+    X = np.ones((3, 3))
+    args = (X,) + ((Y1,) if method in ("fit", "evaluate") else ())
+    with pytest.raises(ValueError, match="X has 3 features, but Model is expecting 2"):
+        getattr(model, method)(*args)
+
+
+def test_wrong_feature_count_in_validation_data(model):
+    with pytest.raises(ValueError, match="X_val has 3 features, but Model is expecting 2"):
+        model.fit(X2, Y1, validation_data=(np.ones((2, 3)), Y1[:2]))
+
+
+@pytest.mark.parametrize("bad,what", [(np.nan, "NaN"), (np.inf, "infinity"),
+                                      (-np.inf, "infinity")])
+def test_nonfinite_X(model, bad, what):
+    X = X2.copy()
+    X[1, 0] = bad
+    with pytest.raises(ValueError, match=f"Input X contains {what}"):
+        model.fit(X, Y1)
+    with pytest.raises(ValueError, match=f"Input X contains {what}"):
+        model.predict(X)
+
+
+def test_X_too_large_for_float32(model):
+    X = np.full((2, 2), 1e300)
+    with pytest.raises(ValueError, match=r"infinity or a value too large for dtype\('float32'\)"
+                                         r".*float64"):
+        model.predict(X)
+
+
+@pytest.mark.parametrize("bad,what", [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_nonfinite_y(model, clf, bad, what):
+    y = Y1.copy()
+    y[2, 0] = bad
+    with pytest.raises(ValueError, match=f"Input y contains {what}"):
+        model.fit(X2, y)
+    with pytest.raises(ValueError, match=f"Input y contains {what}"):
+        model.evaluate(X2, y)
+    with pytest.raises(ValueError, match=f"y contains {what}"):
+        clf.fit(X2, np.array([0.0, 1.0, bad]))
+
+
+def test_empty_arrays(model):
+    with pytest.raises(ValueError, match=r"0 sample\(s\).*minimum of 1"):
+        model.fit(np.zeros((0, 2)), np.zeros((0, 1)))
+    with pytest.raises(ValueError, match=r"0 sample\(s\)"):
+        model.predict(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        model.predict(np.zeros((3, 0)))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        model.fit(X2, np.zeros((0, 1)))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_inconsistent_lengths(model, n):
+    y = np.zeros((n, 1))
+    with pytest.raises(ValueError, match=rf"inconsistent numbers of samples: \[3, {n}\]"):
+        model.fit(X2, y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        model.evaluate(X2, y)
+
+
+def test_inconsistent_lengths_in_validation_data(model):
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        model.fit(X2, Y1, validation_data=(X2, Y1[:2]))
+
+
+@pytest.mark.parametrize("X,err", [
+    ("abc", TypeError), (None, TypeError), ({"a": 1}, TypeError),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError), (np.ones((2, 2), dtype=complex), TypeError),
+    ([[1.0, 2.0], [3.0]], ValueError),
+])
+def test_X_of_wrong_type(model, X, err):
+    with pytest.raises(err, match="X"):
+        model.predict(X)
+
+
+def test_y_of_wrong_type(model):
+    with pytest.raises(TypeError, match="y must be an array-like"):
+        model.fit(X2, None)
+    with pytest.raises(TypeError, match="y"):
+        model.fit(X2, "abc")
+    with pytest.raises(TypeError, match="y must contain numbers"):
+        model.fit(X2, np.array([["a"], ["b"], ["c"]]))
+
+
+def test_y_of_wrong_shape(model, clf):
+    with pytest.raises(ValueError, match=r"y has shape \(3, 2\).*\(3, 1\)"):
+        model.fit(X2, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"y has shape \(3, 2\).*class indices of shape \(3,\)"):
+        clf.fit(X2, np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# classification targets
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("y,bad", [([0, 1, 3], 3), ([0, -1, 2], -1), ([0, 1, 7], 7)])
+def test_class_targets_out_of_range(clf, y, bad):
+    with pytest.raises(ValueError, match=rf"y contains class {bad}.*3 classes.*0 <= y < 3"):
+        clf.fit(X2, np.array(y))
+    clf.forward(X2)
+    with pytest.raises(ValueError, match=f"class {bad}"):
+        clf.backward(np.array(y))
+
+
+@pytest.mark.parametrize("bad", [1e30, -1e30, 2.0 ** 63])
+def test_class_targets_beyond_int64(clf, bad):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'invalid value encountered in cast'
+        with pytest.raises(ValueError, match=r"y contains class -?[0-9.e+]+, but the model's "
+                                             r"output has 3 classes") as info:
+            clf.fit(X2, np.array([0.0, 1.0, bad]))
+    assert "9223372036854775808" not in str(info.value)
+
+
+def test_continuous_targets_for_cross_entropy(clf):
+    with pytest.raises(ValueError, match="continuous.*class indices"):
+        clf.fit(X2, np.array([0.0, 1.5, 2.0]))
+
+
+def test_bce_needs_probabilities():
+    model = cr.Model([cr.Dense(2, 1)], loss="bce", seed=0)  # no Sigmoid: outputs leave [0, 1]
+    model.load_state_dict({"0.weight": np.array([[5.0, 5.0]]), "0.bias": np.array([1.0])})
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*Sigmoid"):
+        model.fit(X2, Y1)
+
+
+# ---------------------------------------------------------------------------------------------
+# construction
+# ---------------------------------------------------------------------------------------------
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'.*cross_entropy"):
+        cr.Model([cr.Dense(2, 1)], loss="hinge")
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'.*adam"):
+        cr.Model([cr.Dense(2, 1)], optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*relu"):
+        activation("swish")
+    with pytest.raises(ValueError, match="unknown layer type 'Conv2d'.*Dense"):
+        layer_from_config({"type": "Conv2d"})
+    with pytest.raises(ValueError, match="reduction.*'none'"):
+        cr.MSELoss(reduction="none")
+
+
+def test_names_are_accepted():
+    model = cr.Model([cr.Dense(2, 1)], loss="binary_crossentropy", optimizer="adam")
+    assert isinstance(model.loss, cr.BCELoss) and isinstance(model.optimizer, cr.Adam)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: cr.Dense(0, 3), "in_features must be a positive int, got 0"),
+    (lambda: cr.Dense(2, -1), "out_features must be a positive int, got -1"),
+    (lambda: cr.Dense(-4), "out_features must be a positive int, got -4"),
+    (lambda: cr.SGD(lr=0), "lr must be > 0, got 0"),
+    (lambda: cr.SGD(lr=-0.1), "lr must be > 0"),
+    (lambda: cr.Adam(lr=0.0), "lr must be > 0"),
+    (lambda: cr.SGD(lr=float("nan")), "lr must be > 0"),
+    (lambda: cr.SGD(momentum=-0.5), "momentum must be >= 0"),
+    (lambda: cr.Adam(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0.0, 1.0\)"),
+    (lambda: cr.Adam(betas=0.9), "betas must be a pair"),
+    (lambda: cr.SGD(nesterov=True), "Nesterov momentum requires a momentum"),
+    (lambda: cr.EarlyStopping(patience=-1), "patience must be an int >= 0"),
+])
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=0), "batch_size must be a positive int, got 0"),
+    (dict(batch_size=-3), "batch_size must be a positive int"),
+    (dict(epochs=-1), "epochs must be >= 0, got -1"),
+    (dict(validation_split=1.0), r"validation_split must be in \[0, 1\)"),
+    (dict(validation_split=0.1), "leaves 0 for validation"),
+    (dict(validation_data=(X2,)), "validation_data must be a pair"),
+    (dict(clip_grad_norm=0.0), "clip_grad_norm must be > 0"),
+    (dict(clip_grad_value=-1.0), "clip_grad_value must be > 0"),
+    (dict(on_nonfinite="skip"), "on_nonfinite must be one of"),
+])
+def test_bad_fit_arguments(model, kwargs, match):
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=match):
+        model.fit(X2, Y1, **kwargs)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("kwargs", [dict(epochs=2.0), dict(batch_size=1.5), dict(epochs="3"),
+                                    dict(batch_size=True)])
+def test_non_integer_counts(model, kwargs):
+    with pytest.raises(TypeError, match="must be an int"):
+        model.fit(X2, Y1, **kwargs)
+
+
+def test_layers_must_be_layer_objects():
+    with pytest.raises(TypeError, match="layer 1 must be a chainrule Layer.*got str"):
+        cr.Model([cr.Dense(2, 3), "relu"])
+    with pytest.raises(TypeError, match="layer 0 must be a chainrule Layer"):
+        cr.Model([lambda x: x])
+    with pytest.raises(TypeError, match="layers must be a list"):
+        cr.Model("dense")
+    with pytest.raises(TypeError, match="layers must be a list"):
+        cr.Model(None)
+    with pytest.raises(ValueError, match="at least one layer"):
+        cr.Model([])
+
+
+def test_sizes_that_do_not_fit_together():
+    with pytest.raises(ValueError, match="received 3 features.*expecting 4"):
+        cr.Model([cr.Dense(2, 3), cr.ReLU(), cr.Dense(4, 1)])
+
+
+@pytest.mark.parametrize("make", [lambda: cr.Dense(2.5, 3), lambda: cr.Dense("2", 3),
+                                  lambda: cr.Dense(2, True), lambda: cr.LeakyReLU("0.1"),
+                                  lambda: cr.SGD(lr="0.1")])
+def test_wrong_types_in_layers_and_optimizers(make):
+    with pytest.raises(TypeError):
+        make()
+
+
+@pytest.mark.parametrize("dtype", ["float16", np.int32, "int64", "complex128", "bogus", None])
+def test_dtype_not_float32_or_float64(dtype):
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        cr.Model([cr.Dense(2, 1)], dtype=dtype)
+
+
+@pytest.mark.parametrize("seed,err", [(-1, ValueError), (2 ** 64, ValueError), (1.5, TypeError),
+                                      ("0", TypeError), (True, TypeError)])
+def test_bad_seed(seed, err):
+    with pytest.raises(err, match="seed"):
+        cr.Model([cr.Dense(2, 1)], seed=seed)
+
+
+def test_wrong_types_for_loss_and_optimizer():
+    with pytest.raises(TypeError, match="loss must be a name or a Loss"):
+        cr.Model([cr.Dense(2, 1)], loss=3)
+    with pytest.raises(TypeError, match="optimizer must be a name or an Optimizer"):
+        cr.Model([cr.Dense(2, 1)], optimizer=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_state_dict
+# ---------------------------------------------------------------------------------------------
+
+def full_state(model):
+    return {k: np.zeros_like(v) for k, v in model.state_dict().items()}
+
+
+def test_load_state_dict_missing_key(model):
+    sd = full_state(model)
+    del sd["2.weight"]
+    with pytest.raises(ValueError, match=r"missing parameter '2.weight'"):
+        model.load_state_dict(sd)
+
+
+def test_load_state_dict_unexpected_key(model):
+    sd = full_state(model)
+    sd["4.weight"] = np.zeros((1, 1))
+    with pytest.raises(ValueError, match=r"unexpected parameter '4.weight'"):
+        model.load_state_dict(sd)
+
+
+def test_load_state_dict_wrong_shape_names_the_first(model):
+    sd = full_state(model)
+    sd["0.bias"] = np.zeros(5)
+    sd["2.weight"] = np.zeros((4, 1))
+    with pytest.raises(ValueError, match=r"size mismatch for '0.bias': got shape \(5,\), "
+                                         r"expected \(4,\)"):
+        model.load_state_dict(sd)
+
+
+def test_load_state_dict_bad_values(model):
+    sd = full_state(model)
+    sd["0.bias"] = np.array([0.0, np.nan, 0.0, 0.0])
+    with pytest.raises(ValueError, match="'0.bias' contains NaN"):
+        model.load_state_dict(sd)
+    sd["0.bias"] = np.array(["a", "b", "c", "d"])
+    with pytest.raises(TypeError, match="real numbers"):
+        model.load_state_dict(sd)
+    with pytest.raises(TypeError, match="mapping"):
+        model.load_state_dict([("0.weight", np.zeros((4, 2)))])
+
+
+# ---------------------------------------------------------------------------------------------
+# the fundamentals
+# ---------------------------------------------------------------------------------------------
+
+def test_backward_before_forward(model):
+    with pytest.raises(RuntimeError, match=r"needs a forward\(\) first"):
+        model.backward(Y1)
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backward(grad_output=Y1)
+
+
+def test_backward_needs_exactly_one_of_y_and_grad_output(model):
+    model.forward(X2)
+    with pytest.raises(TypeError, match="exactly one"):
+        model.backward()
+    with pytest.raises(TypeError, match="exactly one"):
+        model.backward(Y1, grad_output=Y1)
+
+
+def test_grad_output_of_wrong_shape(model):
+    model.forward(X2)
+    with pytest.raises(ValueError, match=r"grad_output has shape \(3, 2\).*\(3, 1\)"):
+        model.backward(grad_output=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"grad_output has shape \(2, 1\)"):
+        model.backward(grad_output=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="grad_output contains NaN"):
+        model.backward(grad_output=np.full((3, 1), np.nan))
+
+
+def test_backward_targets_of_wrong_shape(model):
+    model.forward(X2)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        model.backward(np.zeros((2, 1)))
+
+
+def test_bad_clip_arguments(model):
+    model.forward(X2)
+    model.backward(Y1)
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        model.clip_grad_norm(0.0)
+    with pytest.raises(ValueError, match="norm_type must be > 0"):
+        model.clip_grad_norm(1.0, norm_type=-2)
+    with pytest.raises(ValueError, match="clip_value must be > 0"):
+        model.clip_grad_value(-1.0)
+
+
+def test_early_stopping_argument_types():
+    with pytest.raises(ValueError, match="mode must be"):
+        cr.EarlyStopping(mode="largest")
+    with pytest.raises(ValueError, match="min_delta"):
+        cr.EarlyStopping(min_delta=-1)

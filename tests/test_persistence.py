@@ -1,0 +1,445 @@
+"""Saving and loading: round trips that continue training bit for bit, the safetensors layout
+other tools read, and damaged or hostile files, which must raise a ModelFileError subclass
+(never crash, never load something different from what was saved).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as st_load_bytes
+from safetensors.numpy import load_file as st_load_file
+from safetensors.numpy import save as st_save
+
+import chainrule as cr
+from chainrule import io as crio
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda: cr.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: cr.Adam(lr=0.01, amsgrad=True),
+}
+
+
+def trained(opt="adam", dtype="float64", X=None, y=None, epochs=3):
+    rng = np.random.default_rng(0)
+    if X is None:
+        X, y = rng.standard_normal((40, 3)), rng.integers(0, 3, 40)
+    model = cr.Model([cr.Dense(3, 6), cr.LeakyReLU(0.05), cr.Dense(6, 3, bias=False)],
+                     loss="cross_entropy", optimizer=OPTIMIZERS[opt](), dtype=dtype, seed=9)
+    model.fit(X, y, epochs=epochs, batch_size=8, shuffle=True)
+    return model, X, y
+
+
+def assert_same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    oa, ob = a.optimizer_state(), b.optimizer_state()
+    assert oa["step"] == ob["step"]
+    for p in oa["params"]:
+        assert set(oa["params"][p]) == set(ob["params"][p])
+        for k in oa["params"][p]:
+            np.testing.assert_array_equal(oa["params"][p][k], ob["params"][p][k])
+    assert a.get_config() == b.get_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_save_load_predicts_the_same_and_continues_the_same(opt, dtype, tmp_path):
+    model, X, y = trained(opt, dtype)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    loaded = cr.load(path)
+    assert_same_model(model, loaded)
+    assert loaded.optimizer == model.optimizer and loaded.loss == model.loss
+    assert loaded.dtype == model.dtype and loaded.n_features_in == 3
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    # Continuing training (shuffled: the generator state travels too) gives identical results.
+    h1 = model.fit(X, y, epochs=3, batch_size=8)
+    h2 = loaded.fit(X, y, epochs=3, batch_size=8)
+    assert h1 == h2
+    assert_same_model(model, loaded)
+
+
+def test_continuing_after_load_equals_never_saving(tmp_path):
+    straight, X, y = trained("adam", epochs=6)
+    paused, _, _ = trained("adam", epochs=3)
+    paused.save(tmp_path / "m.safetensors")
+    resumed = cr.load(str(tmp_path / "m.safetensors"))
+    resumed.fit(X, y, epochs=3, batch_size=8)
+    assert_same_model(straight, resumed)
+
+
+def test_untrained_and_lazy_models_round_trip(tmp_path):
+    model = cr.Model([cr.Dense(4), cr.Sigmoid()], loss="bce", seed=3)
+    model.forward(np.ones((2, 7)))
+    loaded = cr.from_bytes(model.to_bytes())
+    assert_same_model(model, loaded)
+    assert loaded.n_features_in == 7
+    plain = cr.Model([cr.Dense(2, 2)], optimizer=cr.SGD(momentum=0.5), seed=1)
+    assert plain.optimizer_state()["params"]["0.weight"] == {}  # no step yet: no buffer
+    assert_same_model(plain, cr.from_bytes(plain.to_bytes()))
+
+
+def test_pickle_round_trip():
+    model, X, y = trained("sgd_momentum")
+    again = pickle.loads(pickle.dumps(model))
+    assert_same_model(model, again)
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+    assert model.fit(X, y, epochs=1) == again.fit(X, y, epochs=1)
+    assert_same_model(model, again)
+
+
+def test_pickle_of_a_model_without_weights_yet(regression):
+    X, y = regression
+    lazy = cr.Model([cr.Dense(4), cr.ReLU(), cr.Dense(2)], optimizer=cr.Adam(lr=0.01), seed=5)
+    again = pickle.loads(pickle.dumps(lazy))
+    assert again.n_features_in is None
+    assert again.get_config() == lazy.get_config()
+    assert lazy.fit(X, y, epochs=2) == again.fit(X, y, epochs=2)
+    assert_same_model(lazy, again)
+
+
+def test_save_overwrites_and_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "m.safetensors"
+    a, _, _ = trained("adam", epochs=1)
+    b, _, _ = trained("adam", epochs=2)
+    a.save(path)
+    os.chmod(path, 0o640)
+    b.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert_same_model(cr.load(path), b)
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the file other tools see
+# ---------------------------------------------------------------------------------------------
+
+def test_file_is_plain_safetensors(tmp_path):
+    model, _, _ = trained("adam")
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    tensors = st_load_file(str(path))
+    sd = model.state_dict()
+    for k, v in sd.items():
+        np.testing.assert_array_equal(tensors[k], v)
+    opt = model.optimizer_state()["params"]
+    for p, bufs in opt.items():
+        for name, v in bufs.items():
+            np.testing.assert_array_equal(tensors[f"optimizer.{p}.{name}"], v)
+    # the weights alone load back into a fresh model
+    fresh = cr.Model([cr.Dense(3, 6), cr.LeakyReLU(0.05), cr.Dense(6, 3, bias=False)],
+                     loss="cross_entropy", dtype="float64")
+    fresh.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    for k, v in sd.items():
+        np.testing.assert_array_equal(fresh.state_dict()[k], v)
+
+
+def test_file_loads_into_torch_and_training_continues_there(tmp_path):
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    model, X, y = trained("sgd_momentum")
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    tensors = st_torch.load_file(str(path))
+    seq = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.LeakyReLU(0.05),
+                              torch.nn.Linear(6, 3, bias=False)).double()
+    seq.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    with torch.no_grad():
+        np.testing.assert_allclose(seq(torch.tensor(X)).numpy(), model.predict(X), rtol=1e-12)
+    # The momentum buffers are torch.optim.SGD's: one more step agrees on both sides.
+    opt = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                          weight_decay=1e-3, foreach=False)
+    names = [n for n, _ in seq.named_parameters()]
+    opt.load_state_dict({"state": {i: {"momentum_buffer": tensors[f"optimizer.{n}.momentum_buffer"]}
+                                   for i, n in enumerate(names)},
+                         "param_groups": opt.state_dict()["param_groups"]})
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(seq(torch.tensor(X[:8])), torch.tensor(y[:8])).backward()
+    opt.step()
+    model.zero_grad()
+    model.forward(X[:8])
+    model.backward(y[:8])
+    model.step()
+    for k, v in seq.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_plain_safetensors_file_is_not_a_model(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    with open(path, "wb") as f:
+        f.write(st_save({"0.weight": np.zeros((2, 2), np.float32)}))
+    with pytest.raises(cr.NotAModelFileError, match="no chainrule model metadata"):
+        cr.load(path)
+    with pytest.raises(cr.NotAModelFileError):
+        cr.from_bytes(st_save({"w": np.zeros(2, np.float32)}, metadata={"format": "pt"}))
+
+
+def test_missing_file_is_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cr.load(tmp_path / "nope.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def blob():
+    model, _, _ = trained("adam", dtype="float32", epochs=1)
+    return model.to_bytes()
+
+
+def header_len(data: bytes) -> int:
+    return struct.unpack("<Q", data[:8])[0]
+
+
+def test_truncated_anywhere_in_the_header(blob):
+    end = 8 + header_len(blob)
+    for cut in range(end):
+        with pytest.raises(cr.TruncatedFileError, match="truncated|8-byte"):
+            cr.from_bytes(blob[:cut])
+
+
+def test_truncated_in_the_data(blob):
+    start = 8 + header_len(blob)
+    cuts = sorted(set(np.linspace(start, len(blob) - 1, 60).astype(int)) | {start, len(blob) - 1})
+    for cut in cuts:
+        with pytest.raises(cr.TruncatedFileError, match="truncated"):
+            cr.from_bytes(blob[:cut])
+
+
+def test_trailing_bytes_are_rejected(blob):
+    with pytest.raises(cr.HeaderError, match="after the last tensor"):
+        cr.from_bytes(blob + b"\0" * 4)
+
+
+def _benign(original: bytes, flipped: bytes, pos: int) -> bool:
+    """A flip that turns header padding (spaces) into other JSON whitespace changes nothing."""
+    start, end = 8, 8 + header_len(original)
+    return (start <= pos < end and original[pos:pos + 1] == b" " and
+            flipped[pos:pos + 1] in (b"\t", b"\n", b"\r") and
+            original[pos:end].strip(b" ") == b"")
+
+
+def test_random_byte_flips_never_load_silently(blob):
+    rng = np.random.default_rng(1234)
+    reference = cr.from_bytes(blob)
+    start = 8 + header_len(blob)
+    # half the flips in the header (the small part that says how to read the rest)
+    positions = np.concatenate([rng.integers(0, start, 300), rng.integers(start, len(blob), 150)])
+    for pos in positions:
+        flipped = bytearray(blob)
+        flipped[pos] ^= int(rng.integers(1, 256))
+        flipped = bytes(flipped)
+        try:
+            loaded = cr.from_bytes(flipped)
+        except cr.ModelFileError as e:
+            if pos >= start:  # tensor data: only the checksum can tell
+                assert isinstance(e, cr.ChecksumError), (pos, e)
+            continue
+        assert _benign(blob, flipped, pos), f"a flip at byte {pos} loaded without an error"
+        assert_same_model(reference, loaded)
+
+
+def _rebuild(blob: bytes, edit) -> bytes:
+    """Decode the header, let edit() change it, re-encode (the data is kept as is)."""
+    n = header_len(blob)
+    header = json.loads(blob[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + blob[8 + n:]
+
+
+def _first_tensor(header):
+    return next(k for k in header if k != "__metadata__")
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("overlap", lambda h: h[_first_tensor(h)].__setitem__("data_offsets", [0, 0])),
+    ("negative", lambda h: h[_first_tensor(h)].__setitem__("data_offsets", [-8, 16])),
+    ("reversed", lambda h: h[_first_tensor(h)].__setitem__("data_offsets", [16, 8])),
+    ("overflowing shape", lambda h: h[_first_tensor(h)].__setitem__(
+        "shape", [2 ** 32, 2 ** 32, 2 ** 32])),
+    ("product wraps to 0", lambda h: h[_first_tensor(h)].__setitem__("shape", [2 ** 32] * 2)),
+    ("negative dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [-1, 6])),
+    ("float dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [6.0])),
+    ("bool dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [True])),
+    ("dtype", lambda h: h[_first_tensor(h)].__setitem__("dtype", "I64")),
+    ("extra field", lambda h: h[_first_tensor(h)].__setitem__("x", 1)),
+    ("non-string metadata", lambda h: h["__metadata__"].__setitem__("format_version", 1)),
+    ("bad version", lambda h: h["__metadata__"].__setitem__("format_version", "one")),
+])
+def test_hostile_header_fields(blob, name, edit):
+    with pytest.raises(cr.HeaderError):
+        cr.from_bytes(_rebuild(blob, edit))
+
+
+def test_newer_version_is_unsupported(blob):
+    data = _rebuild(blob, lambda h: h["__metadata__"].__setitem__("format_version", "99"))
+    with pytest.raises(cr.UnsupportedVersionError, match="version 99"):
+        cr.from_bytes(data)
+
+
+@pytest.mark.parametrize("n", [2 ** 64 - 1, 2 ** 40, crio.MAX_HEADER_BYTES + 1])
+def test_huge_header_length(n):
+    with pytest.raises(cr.HeaderError, match="exceeds the limit"):
+        cr.from_bytes(struct.pack("<Q", n) + b"{}")
+
+
+@pytest.mark.parametrize("header", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff\xfe",
+                                    b"not json", b"[1, 2]", b'"s"'],
+                         ids=["deep-array", "deep-object", "not-utf8", "not-json", "array",
+                              "string"])
+def test_header_that_is_not_a_json_object(header):
+    with pytest.raises(cr.HeaderError):
+        cr.from_bytes(struct.pack("<Q", len(header)) + header)
+
+
+def _resign(data: bytes) -> bytes:
+    """Recompute the checksum after an edit, as a forger would: only validation can object."""
+    tensors = st_load_bytes(data)
+    header = json.loads(data[8:8 + header_len(data)])
+    meta = header["__metadata__"]
+    meta.pop("checksum")
+    entries = [(k, crio._DTYPE_CODES[v.dtype], tuple(v.shape), v.tobytes())
+               for k, v in tensors.items()]
+    meta["checksum"] = crio._checksum(entries, meta)
+    return st_save(tensors, metadata=meta)
+
+
+def _edit_config(blob: bytes, edit) -> bytes:
+    def go(h):
+        cfg = json.loads(h["__metadata__"]["config"])
+        edit(cfg)
+        h["__metadata__"]["config"] = json.dumps(cfg)
+    return _resign(_rebuild(blob, go))
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("huge layer", lambda c: c["layers"][0].update(in_features=10 ** 12) or
+     c.update(in_features=10 ** 12)),
+    ("large layer", lambda c: c["layers"][0].update(in_features=10 ** 8) or
+     c.update(in_features=10 ** 8)),
+    ("unknown layer", lambda c: c["layers"][1].update(type="Conv2d")),
+    ("sizes do not chain", lambda c: c["layers"][2].update(in_features=5)),
+    ("unknown loss", lambda c: c["loss"].update(name="hinge")),
+    ("bad optimizer", lambda c: c["optimizer"].update(lr=-1)),
+    ("no layers", lambda c: c.update(layers=[])),
+])
+def test_architecture_that_does_not_fit_the_tensors(blob, name, edit):
+    with pytest.raises(cr.ArchitectureError):
+        cr.from_bytes(_edit_config(blob, edit))
+
+
+def test_checksum_covers_the_metadata(blob):
+    """An edit to the architecture or the optimizer state without re-signing is caught."""
+    def edit(h):
+        meta = h["__metadata__"]
+        cfg = json.loads(meta["config"])
+        cfg["optimizer"]["lr"] = 0.5
+        meta["config"] = json.dumps(cfg)
+    with pytest.raises(cr.ChecksumError):
+        cr.from_bytes(_rebuild(blob, edit))
+    with pytest.raises(cr.ChecksumError):
+        cr.from_bytes(_rebuild(blob, lambda h: h["__metadata__"].update(optimizer_step="7")))
+
+
+def test_flipped_tensor_bit_is_a_checksum_error(blob):
+    data = bytearray(blob)
+    data[-3] ^= 0x10
+    with pytest.raises(cr.ChecksumError, match="checksum"):
+        cr.from_bytes(bytes(data))
+
+
+def test_from_bytes_needs_bytes():
+    with pytest.raises(TypeError, match="bytes"):
+        cr.from_bytes("not bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic saving
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failing", ["os.fsync", "os.replace", "tempfile.mkstemp"])
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, failing):
+    """mkstemp failing stands in for a folder we may not write to (chmod is moot for root)."""
+    path = tmp_path / "m.safetensors"
+    old, X, _ = trained("adam", epochs=1)
+    old.save(path)
+    new, _, _ = trained("adam", epochs=2)
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    module, name = failing.split(".")
+    monkeypatch.setattr(getattr(crio, module), name, boom)
+    with pytest.raises(OSError, match="No space"):
+        new.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    assert_same_model(cr.load(path), old)
+
+
+def test_write_failing_midway(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    old, _, _ = trained("sgd_momentum", epochs=1)
+    old.save(path)
+    new, _, _ = trained("sgd_momentum", epochs=2)
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise OSError(5, "Input/output error")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(crio.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="Input/output"):
+        new.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    assert_same_model(cr.load(path), old)
+
+
+def test_save_into_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    model, _, _ = trained("adam", epochs=1)
+    model.save(folder / "m.safetensors")
+    before = (folder / "m.safetensors").read_bytes()
+    os.chmod(folder, 0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user chmod does not restrict (e.g. root)")
+        other, _, _ = trained("adam", epochs=2)
+        with pytest.raises(OSError):
+            other.save(folder / "m.safetensors")
+        with pytest.raises(OSError):
+            other.save(folder / "new.safetensors")
+        assert os.listdir(folder) == ["m.safetensors"]
+        assert (folder / "m.safetensors").read_bytes() == before
+    finally:
+        os.chmod(folder, 0o755)
