@@ -22,6 +22,7 @@ import numpy as np
 from . import _core
 from ._validation import NotFittedError, as_numeric, check_array, check_positive_int
 from .callbacks import Callback, EarlyStopping
+from ._progress import Progress
 from .history import History
 from .layers import Layer, LogSoftmax, Sigmoid, Softmax, _Recurrent, layer_from_config
 from .losses import Loss, get_loss
@@ -627,7 +628,8 @@ class Model:
             clip_grad_value: clamp every gradient element to ±this.
             callbacks: Callback objects, or functions ``f(epoch, logs)``; either may return
                 True to stop.
-            verbose: 0 silent, 1 a line per epoch.
+            verbose: 0 silent; 1 a progress bar with the running loss when stderr is a terminal
+                (tqdm if installed), silent otherwise; 2 a line per epoch on stdout.
             on_nonfinite: on a NaN/inf loss or gradient, "raise" FloatingPointError, "stop"
                 with the last finite weights and a warning, or "ignore".
             bptt_steps: truncated BPTT: cut each minibatch of sequences into chunks of this many
@@ -706,63 +708,63 @@ class Model:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
         # Without per-epoch work in Python, all epochs run in one C++ call.
-        per_epoch = bool(val is not None or cbs or verbose)
+        progress = Progress(verbose, epochs)
+        per_epoch = bool(val is not None or cbs or progress.active)
         layer_cells = {i: self._layers[i].num_layers for i in self._recurrent_indices()}
         warned = False
         try:
-            epoch = 0
-            while epoch < epochs:
-                cols = self._net.fit_epochs(
-                    x, yf, yi, len(x), time, 1 if per_epoch else epochs - epoch, batch,
-                    bool(shuffle), max_norm, 2.0, False, clip_value, on_nonfinite != "ignore",
-                    steps, bool(stateful), bool(record_grad_norms))
-                logs_cols = self._epoch_logs(cols, metric, max_norm > 0)
-                for layer, norms in cols["step_norms"].items():
-                    for row in norms:
-                        profile = row.reshape(layer_cells[layer], time)
-                        history.timestep_grad_norms.setdefault(layer, []).append(profile)
-                        if not warned:
-                            warned = _warn_gradient_flow(profile, layer, warn_factor)
-                bad = np.flatnonzero(cols["nonfinite_batch"] >= 0)
-                if bad.size and history.nonfinite is None:
-                    history.nonfinite = (epoch + int(bad[0]), int(cols["nonfinite_batch"][bad[0]]))
-                stopped = bool(cols["stopped"].size and cols["stopped"][-1])
-                done = len(cols["loss_sum"])
-                if stopped:
-                    last = done - 1
-                    where = (f"epoch {epoch + last + 1}, batch "
-                             f"{int(cols['nonfinite_batch'][last]) + 1}")
-                    msg = (f"non-finite loss or gradient ({cols['nonfinite_loss'][last]}) at "
-                           f"{where}; the weights are those of the last finite step. Lower the "
-                           "learning rate, scale the inputs, or clip the gradients "
-                           "(clip_grad_norm=...).")
-                    if on_nonfinite == "raise":
-                        raise FloatingPointError(msg)
-                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                    if cols["batches"][last] == 0:  # nothing trained in that epoch: no record
-                        logs_cols = {k: v[:last] for k, v in logs_cols.items()}
-                if not per_epoch:
-                    history.extend(logs_cols)
-                    break
-                logs = {k: float(v[0]) for k, v in logs_cols.items()}
-                if logs and val is not None:
-                    logs.update(self._evaluate_arrays(*val, prefix="val_"))
-                if logs:
-                    history.record(logs)
-                if stopped:
-                    break
-                if verbose:
-                    print(f"epoch {epoch + 1}/{epochs} " +
-                          " ".join(f"{k}={v:.6g}" for k, v in logs.items()), flush=True)
-                stop = False
-                for cb in cbs:
-                    fn = getattr(cb, "on_epoch_end", None)
-                    r = fn(self, epoch, logs) if fn is not None else cb(epoch, logs)
-                    stop = stop or r is True
-                epoch += 1
-                if stop or self.stop_training:
-                    history.interrupted = not (stopper is not None and stopper.stopped)
-                    break
+            with progress:
+                epoch = 0
+                while epoch < epochs:
+                    cols = self._net.fit_epochs(
+                        x, yf, yi, len(x), time, 1 if per_epoch else epochs - epoch, batch,
+                        bool(shuffle), max_norm, 2.0, False, clip_value, on_nonfinite != "ignore",
+                        steps, bool(stateful), bool(record_grad_norms))
+                    logs_cols = self._epoch_logs(cols, metric, max_norm > 0)
+                    for layer, norms in cols["step_norms"].items():
+                        for row in norms:
+                            profile = row.reshape(layer_cells[layer], time)
+                            history.timestep_grad_norms.setdefault(layer, []).append(profile)
+                            if not warned:
+                                warned = _warn_gradient_flow(profile, layer, warn_factor)
+                    bad = np.flatnonzero(cols["nonfinite_batch"] >= 0)
+                    if bad.size and history.nonfinite is None:
+                        history.nonfinite = (epoch + int(bad[0]), int(cols["nonfinite_batch"][bad[0]]))
+                    stopped = bool(cols["stopped"].size and cols["stopped"][-1])
+                    done = len(cols["loss_sum"])
+                    if stopped:
+                        last = done - 1
+                        where = (f"epoch {epoch + last + 1}, batch "
+                                 f"{int(cols['nonfinite_batch'][last]) + 1}")
+                        msg = (f"non-finite loss or gradient ({cols['nonfinite_loss'][last]}) at "
+                               f"{where}; the weights are those of the last finite step. Lower the "
+                               "learning rate, scale the inputs, or clip the gradients "
+                               "(clip_grad_norm=...).")
+                        if on_nonfinite == "raise":
+                            raise FloatingPointError(msg)
+                        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                        if cols["batches"][last] == 0:  # nothing trained in that epoch: no record
+                            logs_cols = {k: v[:last] for k, v in logs_cols.items()}
+                    if not per_epoch:
+                        history.extend(logs_cols)
+                        break
+                    logs = {k: float(v[0]) for k, v in logs_cols.items()}
+                    if logs and val is not None:
+                        logs.update(self._evaluate_arrays(*val, prefix="val_"))
+                    if logs:
+                        history.record(logs)
+                    if stopped:
+                        break
+                    progress.epoch_end(epoch, logs)
+                    stop = False
+                    for cb in cbs:
+                        fn = getattr(cb, "on_epoch_end", None)
+                        r = fn(self, epoch, logs) if fn is not None else cb(epoch, logs)
+                        stop = stop or r is True
+                    epoch += 1
+                    if stop or self.stop_training:
+                        history.interrupted = not (stopper is not None and stopper.stopped)
+                        break
         finally:
             for cb in cbs:
                 if hasattr(cb, "on_train_end"):
