@@ -349,6 +349,137 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
   gemm_detail::gemm_blocked(uk, blk, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pre-packed B. The panels are stored block after block in the driver's order (jc blocks of nc
+// columns, each as pc blocks of kc rows), nc rounded down to a multiple of NR so that micro-panel
+// boundaries fall on multiples of NR across the whole matrix and threads can split N there.
+namespace gemm_detail {
+namespace {
+
+template <class T>
+index_t prepacked_nc(const MicroKernel<T>& uk, const GemmBlocking& blk) {
+  return std::max(uk.nr, blk.nc / uk.nr * uk.nr);
+}
+
+// Rows [m0, m1) and micro-panel columns [n0, n1) (multiples of NR, n1 may be N) of the product.
+template <class T>
+void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t m0, index_t m1,
+                          index_t n0, index_t n1, index_t K, index_t N, index_t kc, index_t nc,
+                          T alpha, const T* A, index_t lda, const T* packed, T beta, T* C,
+                          index_t ldc) {
+  const index_t MR = uk.mr, NR = uk.nr;
+  const index_t M = m1 - m0;
+  mc = std::min(mc, M);
+  T* const Ap = pack_space<T>().get(checked_mul(round_up(mc, MR), std::min(kc, K)));
+  const T* block = packed;
+  // loop 5: jc over N in steps of NC
+  for (index_t jc = 0; jc < N; jc += nc) {
+    const index_t nb = std::min(nc, N - jc);
+    // loop 4: pc over K in steps of KC (the B panel is already packed)
+    for (index_t pc = 0; pc < K; pc += kc) {
+      const index_t kb = std::min(kc, K - pc);
+      const T beta_k = pc == 0 ? beta : T(1);
+      const index_t j_lo = std::max(n0, jc), j_hi = std::min(n1, jc + nb);
+      if (j_lo < j_hi) {
+        // loop 3: ic over this range's rows in steps of MC
+        for (index_t ic = m0; ic < m1; ic += mc) {
+          const index_t mb = std::min(mc, m1 - ic);
+          pack_a(MR, ta, mb, kb, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, Ap);
+          // loop 2: jr over this range's micro-panels; loop 1: ir over MR rows
+          for (index_t jr = j_lo - jc; jr < j_hi - jc; jr += NR) {
+            const index_t n = std::min(NR, nb - jr);
+            for (index_t ir = 0; ir < mb; ir += MR)
+              uk.run(kb, alpha, Ap + ir * kb, block + jr * kb, beta_k,
+                     C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mb - ir), n);
+          }
+        }
+      }
+      block += round_up(nb, NR) * kb;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gemm_detail
+
+template <class T>
+void PackedB<T>::pack(bool trans_b, index_t K, index_t N, const T* B, index_t ldb) {
+  using namespace gemm_detail;
+  check_args(false, trans_b, 1, N, K, K, ldb, N);
+  const MicroKernel<T>& uk = select_kernel<T>();
+  const GemmBlocking blk = gemm_get_blocking();
+  K_ = K;
+  N_ = N;
+  kc_ = std::max<index_t>(1, std::min(blk.kc, K));
+  nc_ = prepacked_nc(uk, blk);
+  kernel_ = reinterpret_cast<const void*>(uk.run);
+  trans_ = trans_b;
+  src_ = B;
+  ld_ = ldb;
+  data_.resize(checked_mul(round_up(N, uk.nr) + nc_, K));  // + nc_: edge padding per jc block
+  T* dst = data_.data();
+  for (index_t jc = 0; jc < N; jc += nc_) {
+    const index_t nb = std::min(nc_, N - jc);
+    for (index_t pc = 0; pc < K; pc += kc_) {
+      const index_t kb = std::min(kc_, K - pc);
+      pack_b(uk.nr, trans_b, kb, nb, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, dst);
+      dst += round_up(nb, uk.nr) * kb;
+    }
+  }
+}
+
+template <class T>
+void gemm_prepacked(bool ta, index_t M, T alpha, const T* A, index_t lda, const PackedB<T>& Bp,
+                    T beta, T* C, index_t ldc) {
+  using namespace gemm_detail;
+  const index_t N = Bp.N_, K = Bp.K_;
+  check_args(ta, false, M, N, K, lda, N, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const MicroKernel<T>& uk = select_kernel<T>();
+  const GemmBlocking blk = gemm_get_blocking();
+  if (reinterpret_cast<const void*>(uk.run) != Bp.kernel_ ||
+      std::max<index_t>(1, std::min(blk.kc, K)) != Bp.kc_ || prepacked_nc(uk, blk) != Bp.nc_) {
+    gemm<T>(ta, Bp.trans_, M, N, K, alpha, A, lda, Bp.src_, Bp.ld_, beta, C, ldc);
+    return;
+  }
+  const T* packed = Bp.data_.data();
+  // Threads split along N at micro-panel boundaries when there are enough panels, else along M;
+  // either way every element keeps its k order (same bits for any thread count).
+  const int threads = get_num_threads();
+  const double work = double(M) * double(N) * double(K);
+  const index_t n_panels = (N + uk.nr - 1) / uk.nr, m_tiles = (M + uk.mr - 1) / uk.mr;
+  if (threads > 1 && work >= 262144.0 && (n_panels >= 2 || m_tiles >= 2)) {
+    const bool split_n = n_panels >= 2;
+    const index_t units = split_n ? n_panels : m_tiles;
+    const index_t parts = std::min<index_t>(threads, units);
+    const index_t per = (units + parts - 1) / parts;
+    const int tasks = int((units + per - 1) / per);
+    parallel_for(tasks, [&](int t) {
+      const index_t u0 = index_t(t) * per, u1 = std::min(units, u0 + per);
+      if (split_n)
+        gemm_prepacked_range(uk, blk.mc, ta, 0, M, u0 * uk.nr, std::min(N, u1 * uk.nr), K, N,
+                             Bp.kc_, Bp.nc_, alpha, A, lda, packed, beta, C, ldc);
+      else
+        gemm_prepacked_range(uk, blk.mc, ta, u0 * uk.mr, std::min(M, u1 * uk.mr), 0, N, K, N,
+                             Bp.kc_, Bp.nc_, alpha, A, lda, packed, beta, C, ldc);
+    });
+    return;
+  }
+  gemm_prepacked_range(uk, blk.mc, ta, 0, M, 0, N, K, N, Bp.kc_, Bp.nc_, alpha, A, lda, packed,
+                       beta, C, ldc);
+}
+
+template class PackedB<float>;
+template class PackedB<double>;
+template void gemm_prepacked<float>(bool, index_t, float, const float*, index_t,
+                                    const PackedB<float>&, float, float*, index_t);
+template void gemm_prepacked<double>(bool, index_t, double, const double*, index_t,
+                                     const PackedB<double>&, double, double*, index_t);
+
 const char* gemm_isa() { return gemm_detail::kernel_table().isa; }
 
 std::vector<std::string> gemm_supported_isas() {

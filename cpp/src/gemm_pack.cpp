@@ -61,8 +61,15 @@ void pack_panels(index_t w, index_t rows, index_t depth, const T* X, index_t rs,
   for (index_t r0 = 0; r0 < rows; r0 += w, dst += w * depth) {
     const index_t h = std::min(w, rows - r0);
     const T* src = X + r0 * rs;
-    if (h == w && w == 8) pack_full_panel<T, 8>(depth, src, rs, cs, dst);
-    else if (h == w && w == 4) pack_full_panel<T, 4>(depth, src, rs, cs, dst);
+    // Full panels of every width a kernel uses (MR and NR of the portable, AVX2 and AVX-512
+    // tiles) take an unrolled path; partial panels and other widths the generic one.
+    if (h != w) pack_one_panel(w, h, depth, src, rs, cs, dst);
+    else if (w == 4) pack_full_panel<T, 4>(depth, src, rs, cs, dst);
+    else if (w == 6) pack_full_panel<T, 6>(depth, src, rs, cs, dst);
+    else if (w == 8) pack_full_panel<T, 8>(depth, src, rs, cs, dst);
+    else if (w == 14) pack_full_panel<T, 14>(depth, src, rs, cs, dst);
+    else if (w == 16) pack_full_panel<T, 16>(depth, src, rs, cs, dst);
+    else if (w == 32) pack_full_panel<T, 32>(depth, src, rs, cs, dst);
     else pack_one_panel(w, h, depth, src, rs, cs, dst);
   }
 }

@@ -163,8 +163,11 @@ class RecurrentLayer final : public Layer<T> {
     for (index_t t = 0; t < n; ++t) {
       const T* hprev = hs + t * B * H;
       T* hnew = hs + (t + 1) * B * H;
-      // Only h_{t-1} W_hh^T + b_hh inside the loop.
-      dense_forward(gh, hprev, w_hh_[k].value.data(), bias_hh(k), B, H, G);
+      // Only h_{t-1} W_hh^T + b_hh inside the loop, with W_hh^T packed once (c.whh_t).
+      const T* bh = bias_hh(k);
+      if (bh)
+        for (index_t b = 0; b < B; ++b) std::memcpy(gh + b * G, bh, std::size_t(G) * sizeof(T));
+      gemm_prepacked<T>(false, B, T(1), hprev, H, c.whh_t, bh ? T(1) : T(0), gh, G);
       const T* gx = c.gx.data() + t * B * G;
       if (kind_ == CellKind::rnn) {
         for (index_t i = 0; i < B * H; ++i) {
@@ -261,6 +264,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
     CellStore& cl = c->cells[std::size_t(k)];
     const T* xin = k == 0 ? cl.x.data() : c->cells[std::size_t(k - 1)].out.data();
     const bool top = k == L_ - 1;
+    c->whh_t.pack(true, H, G, w_hh_[k].value.data(), H);
     cl.out.resize(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
     if (keep_all) {
       cl.hs.resize(checked_mul(steps + 1, BH));
@@ -350,6 +354,8 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
     c.dh.fill_zero();
     c.dc.fill_zero();
     const T* Whh = w_hh_[k].value.data();
+    c.whh.pack(false, G, H, Whh, H);
+    if (!keep_all) c.whh_t.pack(true, H, G, Whh, H);  // for recomputing the segments
     for (index_t j = nseg - 1; j >= 0; --j) {
       const index_t s = j * S, n = std::min(S, steps - s);
       T *hs, *cs, *gates, *ghn;
@@ -431,7 +437,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
           }
         }
         // dh_{t-1} = dG_t W_hh (+ the GRU's direct path already in dh)
-        gemm<T>(false, false, B, H, G, T(1), dgh, G, Whh, H, T(0), c.dprev.data(), H);
+        gemm_prepacked<T>(false, B, T(1), dgh, G, c.whh, T(0), c.dprev.data(), H);
         if (gru()) for (index_t i = 0; i < BH; ++i) dh[i] += c.dprev[i];
         else std::memcpy(dh, c.dprev.data(), std::size_t(BH) * sizeof(T));
       }
@@ -458,6 +464,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.gh, &c.dgx,
                              &c.dgh, &c.dh, &c.dc, &c.dprev})
     ws += b->capacity_bytes();
+  ws += c.whh.bytes() + c.whh_t.bytes();
   c.workspace_bytes = ws;
   c.peak_workspace_bytes = std::max(c.peak_workspace_bytes, ws);
 }

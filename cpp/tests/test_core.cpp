@@ -44,7 +44,8 @@ std::vector<T> random_vec(Rng& rng, std::size_t n) {
 template <class T>
 void test_gemm_paths(const char* dtype) {
   Rng rng(1);
-  const index_t sizes[][3] = {{1, 1, 1}, {14, 32, 9}, {15, 33, 17}, {13, 31, 40}, {37, 5, 3}};
+  const index_t sizes[][3] = {{1, 1, 1}, {14, 32, 9}, {15, 33, 17}, {13, 31, 40}, {37, 5, 3},
+                              {70, 130, 65}};
   for (int shrink = 0; shrink < 2; ++shrink) {
     gemm_set_blocking(shrink ? 7 : 0, shrink ? 5 : 0, shrink ? 40 : 0);
     for (auto& s : sizes)
@@ -72,6 +73,16 @@ void test_gemm_paths(const char* dtype) {
                                   " tb=" + std::to_string(tb));
             if (first.empty()) first = C;
             check(C == first, std::string("gemm ") + dtype + " " + isa + " same bits as baseline");
+            // The same product with op(B) pre-packed, on 1 and 2 threads: the same bits.
+            for (int threads : {1, 2}) {
+              set_num_threads(threads);
+              PackedB<T> packed;
+              packed.pack(tb, K, N, B.data(), ldb);
+              std::vector<T> Cp = C0;
+              gemm_prepacked<T>(ta, M, T(0.5), A.data(), lda, packed, T(2), Cp.data(), N);
+              check(Cp == C, std::string("gemm_prepacked ") + dtype + " " + isa + " threads=" +
+                                 std::to_string(threads) + " same bits as gemm");
+            }
           }
         }
   }

@@ -32,6 +32,37 @@ struct GemmBlocking {
 GemmBlocking gemm_get_blocking();
 void gemm_set_blocking(index_t mc, index_t kc, index_t nc);
 
+// op(B) (K, N) packed once for many products with different A: a recurrent weight used by every
+// time step of a sequence. pack() copies B into the micro-panel layout of the current ISA path and
+// block sizes; gemm_prepacked then skips packing B. The source B must stay unchanged while the
+// PackedB is used (if the ISA path or block sizes change in between, gemm_prepacked falls back
+// to an ordinary gemm on it). Results are the same bits as gemm(trans_a, trans_b, ...).
+template <class T>
+class PackedB {
+ public:
+  // trans_b false: B is stored (K, N) with row stride ldb; true: B is stored (N, K).
+  void pack(bool trans_b, index_t K, index_t N, const T* B, index_t ldb);
+  index_t K() const { return K_; }
+  index_t N() const { return N_; }
+  std::size_t bytes() const { return data_.capacity_bytes(); }
+
+ private:
+  template <class U>
+  friend void gemm_prepacked(bool, index_t, U, const U*, index_t, const PackedB<U>&, U, U*,
+                             index_t);
+  Buffer<T> data_;
+  index_t K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
+  const void* kernel_ = nullptr;  // the micro-kernel the layout is for
+  bool trans_ = false;
+  const T* src_ = nullptr;
+  index_t ld_ = 0;
+};
+
+// C (M, N) = alpha op(A) B + beta C with B pre-packed (same contract as gemm otherwise).
+template <class T>
+void gemm_prepacked(bool trans_a, index_t M, T alpha, const T* A, index_t lda,
+                    const PackedB<T>& B, T beta, T* C, index_t ldc);
+
 // The instruction-set path GEMM runs on: "baseline" (portable), "avx2" (x86-64-v3) or "avx512"
 // (x86-64-v4). Chosen at first use as the best the CPU supports, or as the environment variable
 // CHAINRULE_ISA says. Every path computes the same bits.

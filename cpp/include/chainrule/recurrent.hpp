@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "chainrule/gemm.hpp"
 #include "chainrule/network.hpp"
 
 namespace chainrule {
@@ -46,6 +47,7 @@ struct RecurrentCache : LayerCache {
   std::vector<Cell> cells;
   Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, gh, dgx, dgh, dh, dc, dprev, dtm, dtm2;
   BpttMemory allocated_for = BpttMemory::all;
+  PackedB<T> whh_t, whh;  // W_hh^T for the forward steps, W_hh for the backward steps
 
   // Frees every internal buffer (when the memory mode changes, so "sqrt" really holds less).
   void release_workspace() {
