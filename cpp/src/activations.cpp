@@ -102,10 +102,16 @@ void backward_impl(T* dx, const T* dy, const T* x, const T* y, index_t R, index_
       for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
       break;
     case Activation::relu:  // dx = dy where y > 0 (PyTorch's threshold_backward on the output)
-      for (index_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+      for (index_t i = 0; i < n; ++i) {
+        const T d = dy[i];  // an unconditional load lets the select vectorise
+        dx[i] = y[i] > T(0) ? d : T(0);
+      }
       break;
     case Activation::leaky_relu:  // dx = dy where x > 0, slope * dy elsewhere
-      for (index_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : dy[i] * slope;
+      for (index_t i = 0; i < n; ++i) {
+        const T d = dy[i];
+        dx[i] = x[i] > T(0) ? d : d * slope;
+      }
       break;
     case Activation::softmax:
       // dx_c = y_c (dy_c - sum_j dy_j y_j): the Jacobian diag(y) - y y^T applied to dy.

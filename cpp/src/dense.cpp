@@ -2,6 +2,8 @@
 // Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
 #include "chainrule/dense.hpp"
 
+#include <cstring>
+
 #include "chainrule/gemm.hpp"
 
 namespace chainrule {
@@ -10,10 +12,8 @@ template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
-  if (b) {
-    for (index_t r = 0; r < B; ++r)
-      for (index_t o = 0; o < O; ++o) y[r * O + o] = b[o];
-  }
+  if (b)
+    for (index_t r = 0; r < B; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
   gemm<T>(false, true, B, O, I, T(1), x, I, W, I, b ? T(1) : T(0), y, O);
 }
 
@@ -28,8 +28,11 @@ void dense_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, in
   if (dx) gemm<T>(false, false, B, I, O, T(1), dy, O, W, I, T(0), dx, I);
   if (dW) gemm<T>(true, false, O, I, B, T(1), dy, O, x, I, T(1), dW, I);
   if (db) {
-    for (index_t r = 0; r < B; ++r)
-      for (index_t o = 0; o < O; ++o) db[o] += dy[r * O + o];
+    for (index_t r = 0; r < B; ++r) {
+      const T* __restrict row = dy + r * O;
+      T* __restrict acc = db;
+      for (index_t o = 0; o < O; ++o) acc[o] += row[o];
+    }
   }
 }
 

@@ -14,7 +14,7 @@
 #include "chainrule/dense.hpp"
 #include "chainrule/gemm.hpp"
 #include "layers.hpp"
-#include "vmath.hpp"
+#include "cells.hpp"
 
 namespace chainrule {
 
@@ -157,6 +157,7 @@ class RecurrentLayer final : public Layer<T> {
     const index_t H = H_, G = G_, Ik = k == 0 ? I_ : H_;
     c.gx.resize(checked_mul(checked_mul(n, B), G));
     c.gh.resize(checked_mul(B, G));
+    c.tmp.resize(H_);
     // The input projection of the whole segment: one GEMM over n * B rows.
     dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
     T* gh = c.gh.data();
@@ -170,46 +171,12 @@ class RecurrentLayer final : public Layer<T> {
       gemm_prepacked<T>(false, B, T(1), hprev, H, c.whh_t, bh ? T(1) : T(0), gh, G);
       const T* gx = c.gx.data() + t * B * G;
       if (kind_ == CellKind::rnn) {
-        for (index_t i = 0; i < B * H; ++i) {
-          const T pre = gx[i] + gh[i];
-          hnew[i] = relu_ ? (pre < T(0) ? T(0) : pre) : vtanh1(pre);
-        }
+        rnn_cell_forward(hnew, gx, gh, B * H, relu_);
       } else if (kind_ == CellKind::lstm) {
-        // i, f, g, o = sigma, sigma, tanh, sigma of the gate pre-activations;
-        // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
-        const T* cprev = cs + t * B * H;
-        T* cnew = cs + (t + 1) * B * H;
-        T* gt = gates + t * B * G;
-        for (index_t b = 0; b < B; ++b) {
-          const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
-          for (index_t h = 0; h < H; ++h) {
-            const T ig = vsigmoid1(px[h] + ph[h]);
-            const T fg = vsigmoid1(px[H + h] + ph[H + h]);
-            const T gg = vtanh1(px[2 * H + h] + ph[2 * H + h]);
-            const T og = vsigmoid1(px[3 * H + h] + ph[3 * H + h]);
-            const T cv = fg * cprev[b * H + h] + ig * gg;
-            cnew[b * H + h] = cv;
-            hnew[b * H + h] = og * vtanh1(cv);
-            pg[h] = ig; pg[H + h] = fg; pg[2 * H + h] = gg; pg[3 * H + h] = og;
-          }
-        }
+        lstm_cell_forward(hnew, cs + (t + 1) * B * H, gates + t * B * G, cs + t * B * H, gx, gh, B,
+                          H, c.tmp.data());
       } else {
-        // r = sigma(x_r + h_r), z = sigma(x_z + h_z), n = tanh(x_n + r (W_hn h + b_hn)),
-        // h_t = n + z (h_{t-1} - n)   (PyTorch's form of (1 - z) n + z h_{t-1})
-        T* gt = gates + t * B * G;
-        T* gn = ghn + t * B * H;
-        for (index_t b = 0; b < B; ++b) {
-          const T* px = gx + b * G; const T* ph = gh + b * G; T* pg = gt + b * G;
-          for (index_t h = 0; h < H; ++h) {
-            const T r = vsigmoid1(px[h] + ph[h]);
-            const T z = vsigmoid1(px[H + h] + ph[H + h]);
-            const T nn = vtanh1(px[2 * H + h] + r * ph[2 * H + h]);
-            const T hp = hprev[b * H + h];
-            hnew[b * H + h] = nn + z * (hp - nn);
-            pg[h] = r; pg[H + h] = z; pg[2 * H + h] = nn;
-            gn[b * H + h] = ph[2 * H + h];
-          }
-        }
+        gru_cell_forward(hnew, gates + t * B * G, ghn + t * B * H, hprev, gx, gh, B, H);
       }
     }
   }
@@ -331,6 +298,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   c.dh.resize(BH);
   c.dc.resize(lstm() ? BH : 0);
   c.dprev.resize(BH);
+  c.tmp.resize(H);
   if (!keep_all) {
     c.seg_hs.resize(checked_mul(S + 1, BH));
     c.seg_cs.resize(lstm() ? checked_mul(S + 1, BH) : 0);
@@ -392,49 +360,12 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
         T* dgx = c.dgx.data() + t * B * G;
         T* dgh = gru() ? c.dgh.data() + t * B * G : dgx;
         if (kind_ == CellKind::rnn) {
-          // h = act(a): da = dh * act'(a), from the output: tanh' = 1 - h^2, relu' = [h > 0]
-          for (index_t i = 0; i < BH; ++i)
-            dgx[i] = relu_ ? (hcur[i] > T(0) ? dh[i] : T(0)) : dh[i] * (T(1) - hcur[i] * hcur[i]);
+          rnn_cell_backward(dgx, dh, hcur, BH, relu_);
         } else if (kind_ == CellKind::lstm) {
-          // h = o tanh(c):       do = dh tanh(c),  dc += dh o (1 - tanh(c)^2)
-          // c = f c_prev + i g:  di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f
-          // through the gate nonlinearities: sigma' = s (1 - s), tanh' = 1 - g^2
-          const T* cprev = cs + t * BH;
-          const T* ccur = cs + (t + 1) * BH;
-          const T* gt = gates + t * B * G;
-          for (index_t b = 0; b < B; ++b) {
-            const T* pg = gt + b * G; T* pd = dgx + b * G;
-            for (index_t h = 0; h < H; ++h) {
-              const index_t i = b * H + h;
-              const T ig = pg[h], fg = pg[H + h], gg = pg[2 * H + h], og = pg[3 * H + h];
-              const T tc = vtanh1(ccur[i]);
-              const T dcv = dc[i] + dh[i] * og * (T(1) - tc * tc);
-              pd[h] = dcv * gg * ig * (T(1) - ig);
-              pd[H + h] = dcv * cprev[i] * fg * (T(1) - fg);
-              pd[2 * H + h] = dcv * ig * (T(1) - gg * gg);
-              pd[3 * H + h] = dh[i] * tc * og * (T(1) - og);
-              dc[i] = dcv * fg;
-            }
-          }
+          lstm_cell_backward(dgx, dc, dh, gates + t * B * G, cs + (t + 1) * BH, cs + t * BH, B, H,
+                             c.tmp.data());
         } else {
-          // h = n + z (h_prev - n): dn = dh (1 - z), dz = dh (h_prev - n), dh_prev = dh z + ...
-          // n = tanh(a_n + r ghn):  da_n = dn (1 - n^2) (input side), r da_n (hidden side),
-          //                          dr = da_n ghn;  dz, dr through sigma' = s (1 - s)
-          const T* gt = gates + t * B * G;
-          const T* gn = ghn + t * BH;
-          for (index_t b = 0; b < B; ++b) {
-            const T* pg = gt + b * G; T* px = dgx + b * G; T* ph = dgh + b * G;
-            for (index_t h = 0; h < H; ++h) {
-              const index_t i = b * H + h;
-              const T r = pg[h], z = pg[H + h], nn = pg[2 * H + h];
-              const T dn = dh[i] * (T(1) - z) * (T(1) - nn * nn);
-              const T dz = dh[i] * (hprev[i] - nn) * z * (T(1) - z);
-              const T dr = dn * gn[i] * r * (T(1) - r);
-              px[h] = dr; px[H + h] = dz; px[2 * H + h] = dn;
-              ph[h] = dr; ph[H + h] = dz; ph[2 * H + h] = dn * r;
-              dh[i] = dh[i] * z;  // the direct path; W_hh's part is added below
-            }
-          }
+          gru_cell_backward(dgx, dgh, dh, gates + t * B * G, ghn + t * BH, hprev, B, H);
         }
         // dh_{t-1} = dG_t W_hh (+ the GRU's direct path already in dh)
         gemm_prepacked<T>(false, B, T(1), dgh, G, c.whh, T(0), c.dprev.data(), H);

@@ -45,7 +45,7 @@ struct RecurrentCache : LayerCache {
     Buffer<T> ghn;    // GRU: (T, B, H) W_hn h_{t-1} + b_hn (all mode)
   };
   std::vector<Cell> cells;
-  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, gh, dgx, dgh, dh, dc, dprev, dtm, dtm2;
+  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, gh, dgx, dgh, dh, dc, dprev, dtm, dtm2, tmp;
   BpttMemory allocated_for = BpttMemory::all;
   PackedB<T> whh_t, whh;  // W_hh^T for the forward steps, W_hh for the backward steps
 
@@ -53,7 +53,7 @@ struct RecurrentCache : LayerCache {
   void release_workspace() {
     cells.clear();
     for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &gh, &dgx, &dgh, &dh, &dc,
-                         &dprev, &dtm, &dtm2})
+                         &dprev, &dtm, &dtm2, &tmp})
       *b = Buffer<T>();
     peak_workspace_bytes = 0;
   }
