@@ -12,7 +12,9 @@ The fundamentals, one call each::
 from __future__ import annotations
 
 import os
+import functools
 import secrets
+import threading
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -87,6 +89,60 @@ def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
     return np.where(ss_tot > 0, r2, np.where(ss_res == 0, 1.0, 0.0))
 
 
+class _UseGuard:
+    """The thread contract in Python: calls that change the model (fit, forward, backward, step,
+    load_state_dict, ...) take it alone, and a call from another thread meanwhile raises
+    RuntimeError at once instead of waiting or interleaving (fit runs epoch by epoch when it
+    has per-epoch work, so the C++ lock alone would leave gaps between epochs). Reading calls
+    (predict, evaluate, state_dict, ...) run concurrently with each other. The thread that holds
+    it may call anything (callbacks inside fit read and restore weights)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def enter(self) -> bool:
+        me = threading.get_ident()
+        if self._owner == me:
+            return False  # re-entered by the owner: nothing to release
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this model is already in use by another thread (fit, forward, "
+                               "backward, step and load_state_dict need it alone); wait for "
+                               "that call to finish, or use a copy of the model per thread")
+        self._owner = me
+        return True
+
+    def leave(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def check_shared(self) -> None:
+        if self._lock.locked() and self._owner != threading.get_ident():
+            raise RuntimeError("this model is being trained or changed by another thread; "
+                               "predict and evaluate may run concurrently with each other, not "
+                               "with fit or step")
+
+
+def _exclusive(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
+        entered = self._guard.enter()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            if entered:
+                self._guard.leave()
+    return wrapper
+
+
+def _shared(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
+        self._guard.check_shared()
+        return fn(self, *args, **kwargs)
+    return wrapper
+
+
 def _warn_gradient_flow(profile: np.ndarray, layer: int, factor: float) -> bool:
     """Warns when ‖∂L/∂h_t‖ changes by more than factor between the last and the first step."""
     first, last = profile[-1, 0], profile[-1, -1]
@@ -126,6 +182,7 @@ class Model:
     def __init__(self, layers: Sequence[Layer], loss: Union[str, Loss] = "mse",
                  optimizer: Union[None, str, Optimizer] = None, dtype: Any = "float32",
                  seed: Optional[int] = None) -> None:
+        self._guard = _UseGuard()
         if isinstance(layers, Layer):
             layers = [layers]
         if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
@@ -326,6 +383,7 @@ class Model:
         return yf, None
 
     # ------------------------------------------------------------------ fundamentals
+    @_exclusive
     def forward(self, X: ArrayLike, initial_state: Any = None,
                 bptt_memory: Union[None, str, int] = None) -> np.ndarray:
         """Forward pass, layer by layer: ``a₀ = X, aₗ = fₗ(aₗ₋₁)``; keeps what backward needs.
@@ -354,6 +412,7 @@ class Model:
 
     __call__ = forward
 
+    @_exclusive
     def backward(self, y: Optional[ArrayLike] = None, *,
                  grad_output: Optional[ArrayLike] = None) -> Optional[float]:
         """Backward pass by the chain rule, from the last layer to the first.
@@ -398,20 +457,24 @@ class Model:
                                  (self._last_out_shape[1], -1)))
 
     @property
+    @_shared
     def grads(self) -> Dict[str, np.ndarray]:
         """``∂L/∂θ`` for every parameter (copies), keyed like :meth:`state_dict`."""
         net = self._require_net()
         return OrderedDict((n, net.get(n, "grad")) for n in net.param_names())
 
+    @_exclusive
     def zero_grad(self) -> None:
         """Sets every parameter gradient to zero (they accumulate across backward calls)."""
         self._require_net().zero_grad()
 
+    @_exclusive
     def step(self) -> None:
         """One optimizer update of every parameter from its gradient: plain SGD is
         ``w ← w − η·∇w``."""
         self._require_net().step()
 
+    @_exclusive
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0,
                        error_if_nonfinite: bool = False) -> float:
         """Scales all gradients by ``min(1, max_norm / (‖g‖ + 1e-6))``, ‖g‖ the global norm.
@@ -431,6 +494,7 @@ class Model:
         return float(self._require_net().clip_grad_norm(max_norm, norm_type,
                                                         bool(error_if_nonfinite)))
 
+    @_exclusive
     def clip_grad_value(self, clip_value: float) -> None:
         """Clamps every gradient element to ``[-clip_value, clip_value]``."""
         clip_value = float(clip_value)
@@ -553,12 +617,14 @@ class Model:
         return {k: info[k] for k in ("workspace_bytes", "peak_workspace_bytes", "memory")}
 
     # ------------------------------------------------------------------ parameters
+    @_shared
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameters as name → array (copies), with PyTorch's names and shapes
         (``"0.weight"`` (out, in), ``"0.bias"`` (out), ...)."""
         net = self._require_net()
         return OrderedDict((n, net.get(n, "value")) for n in net.param_names())
 
+    @_exclusive
     def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
         """Loads parameters from a dict of name → array (a PyTorch state dict loads unchanged).
 
@@ -601,6 +667,7 @@ class Model:
             net.set(n, "value", a)
 
     # ------------------------------------------------------------------ training
+    @_exclusive
     def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: Optional[int] = 32,
             shuffle: bool = True, validation_split: float = 0.0,
             validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
@@ -795,6 +862,7 @@ class Model:
         return logs
 
     # ------------------------------------------------------------------ inference
+    @_shared
     def predict(self, X: ArrayLike) -> np.ndarray:
         """The network's output for X, (n_samples, out) or (n_samples, T, out).
 
@@ -804,6 +872,7 @@ class Model:
         x, time = self._check_X(X)
         return self._net.predict(x, len(x), time).reshape(self._output_shape(len(x), time))
 
+    @_shared
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities: softmax of the logits (cross_entropy), sigmoid of the logits
         (bce_with_logits), or the output itself (bce, or a final Softmax layer)."""
@@ -819,6 +888,7 @@ class Model:
             return _sigmoid(out)
         return out
 
+    @_shared
     def predict_classes(self, X: ArrayLike) -> np.ndarray:
         """Class predictions: argmax over classes (cross_entropy), else probability > 0.5
         (the last axis dropped when there is one output)."""
@@ -831,6 +901,7 @@ class Model:
         c = (proba > 0.5).astype(np.int64)
         return c[..., 0] if c.shape[-1] == 1 else c
 
+    @_shared
     def evaluate(self, X: ArrayLike, y: ArrayLike) -> Dict[str, float]:
         """Loss and metric on (X, y): ``{"loss", "accuracy"}`` for classifiers, ``{"loss", "r2"}``
         for regression (R² averaged over outputs, as scikit-learn's r2_score)."""
@@ -884,6 +955,7 @@ class Model:
             model._build(int(config["in_features"]))
         return model
 
+    @_shared
     def optimizer_state(self) -> Dict[str, Any]:
         """The optimizer's state: the step count and per-parameter buffers named as PyTorch
         names them (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)."""
@@ -900,6 +972,7 @@ class Model:
             state["params"][n] = bufs
         return state
 
+    @_exclusive
     def load_optimizer_state(self, state: Dict[str, Any]) -> None:
         """Restores what :meth:`optimizer_state` returned (shapes are checked first)."""
         net = self._require_net()
@@ -921,6 +994,7 @@ class Model:
                 net.set_has_buf(n, True)
         net.optimizer_steps = int(state.get("step", 0))
 
+    @_shared
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Saves architecture, weights and optimizer state to a safetensors file, atomically
         (a temporary file in the same folder, fsync, rename): a crash never leaves a
@@ -928,6 +1002,7 @@ class Model:
         from .io import save
         save(self, path)
 
+    @_shared
     def to_bytes(self) -> bytes:
         """The model as the bytes :meth:`save` writes."""
         from .io import to_bytes
