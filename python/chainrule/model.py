@@ -144,6 +144,7 @@ class Model:
         self._net: Any = None
         self._in_features: Optional[int] = None
         self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._last_in_shape: Optional[Tuple[int, ...]] = None
         self._bptt_memory: Union[str, int] = "all"
         self._warn_double_activation()
         # The input size is that of the first layer that has one (activations pass it through);
@@ -346,6 +347,7 @@ class Model:
         self._apply_initial_state(initial_state, len(x))
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
+        self._last_in_shape = x.shape
         return out.reshape(self._last_out_shape)
 
     __call__ = forward
@@ -384,10 +386,9 @@ class Model:
         """``∂L/∂X`` from the last backward, shaped like the last forward's input."""
         if self._last_out_shape is None:
             raise RuntimeError("input_grad needs a forward() and a backward() first")
-        g = self._net.input_grad()
-        n = self._last_out_shape[0]
-        return g.reshape((n,) + ((-1,) if len(self._last_out_shape) == 2 else
-                                 (self._last_out_shape[1], -1)))
+        # Shaped like the input, not the output: a recurrent layer with return_sequences=False
+        # takes (n, T, F) and gives (n, H).
+        return self._net.input_grad().reshape(self._last_in_shape)
 
     @property
     def grads(self) -> Dict[str, np.ndarray]:
