@@ -106,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[int, Dict[str, Dict[str, 
     for T in lengths:
         print(f"Adding problem, T = {T}: tanh RNN vs LSTM, hidden {hidden}, "
               f"{settings['epochs']} epochs of {settings['n_train']} sequences")
-        out[T] = run(T, hidden=hidden, lr=1e-2, clip=1.0, seed=args.seed, **settings)
+        out[T] = run(T, hidden=hidden, lr=2e-2, clip=1.0, seed=args.seed, **settings)
     if args.plot:
         from chainrule.plot import plot_timestep_grad_norms
 
