@@ -1,4 +1,4 @@
-"""chainrule.plot: what each function draws, PNGs that save, and a clear error without matplotlib."""
+"""chainrule.plot: what each function draws, that PNGs save, a clear error without matplotlib."""
 from __future__ import annotations
 
 import builtins

@@ -150,7 +150,7 @@ def test_forward_backward_step_match_torch(kind, L, T, B, with_state):
 
 
 # ---------------------------------------------------------------------------- variants
-def _compare_one(model, net, X, Y, torch_loss, *, lstm=False, yi=None):
+def _compare_one(model, net, X, Y, torch_loss, *, yi=None):
     out = model.forward(X)
     model.zero_grad()
     loss = model.backward(Y if yi is None else yi)
@@ -284,7 +284,7 @@ def torch_step_norms(model: cr.Model, kind: str, X: np.ndarray, grad_out: np.nda
                      return_sequences: bool) -> np.ndarray:
     """‖∂L/∂h_t‖ for every stacked cell and step, from an unrolled torch cell loop where every
     h_t keeps its gradient (the total one: from the output at t and from step t + 1)."""
-    cr_cls, _, cell_cls, kw = KINDS[kind]
+    _, _, cell_cls, kw = KINDS[kind]
     layer = model.layers[0]
     sd = model.state_dict()
     L, H = layer.num_layers, layer.hidden_size
