@@ -203,6 +203,7 @@ class Model:
         self._net: Any = None
         self._in_features: Optional[int] = None
         self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._last_in_shape: Optional[Tuple[int, ...]] = None
         self._bptt_memory: Union[str, int] = "all"
         self._has_input_grad = False  # a backward ran since the last forward
         self._warn_double_activation()
@@ -408,6 +409,7 @@ class Model:
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
         self._has_input_grad = False
+        self._last_in_shape = x.shape
         return out.reshape(self._last_out_shape)
 
     __call__ = forward
@@ -451,10 +453,9 @@ class Model:
         if self._last_out_shape is None or not self._has_input_grad:
             # The core's buffer holds the last backward's dL/dX, possibly of another batch size.
             raise RuntimeError("input_grad needs a forward() and then a backward() first")
-        g = self._net.input_grad()
-        n = self._last_out_shape[0]
-        return g.reshape((n,) + ((-1,) if len(self._last_out_shape) == 2 else
-                                 (self._last_out_shape[1], -1)))
+        # Shaped like the input, not the output: a recurrent layer with return_sequences=False
+        # takes (n, T, F) and gives (n, H).
+        return self._net.input_grad().reshape(self._last_in_shape)
 
     @property
     @_shared
