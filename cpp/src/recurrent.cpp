@@ -395,7 +395,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.gh, &c.dgx,
                              &c.dgh, &c.dh, &c.dc, &c.dprev})
     ws += b->capacity_bytes();
-  ws += c.whh.bytes() + c.whh_t.bytes();
+  // (The packed copies of W_hh are weights, O(H G) whatever T; they are not BPTT workspace.)
   c.workspace_bytes = ws;
   c.peak_workspace_bytes = std::max(c.peak_workspace_bytes, ws);
 }
