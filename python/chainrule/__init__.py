@@ -12,6 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import ops  # noqa: F401  (the functional layer over the kernels)
+from . import plot  # noqa: F401  (matplotlib is imported only when a plot is drawn)
 from ._validation import NotFittedError
 from .callbacks import Callback, EarlyStopping
 from .history import History
@@ -56,7 +57,7 @@ __all__ = [
     "__version__", "Model", "History", "Callback", "EarlyStopping", "NotFittedError",
     "Layer", "Dense", "RNN", "LSTM", "GRU", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
     "Loss", "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
-    "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops", "get_num_threads",
+    "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops", "plot", "get_num_threads",
     "set_num_threads", "cmake_dir",
     "ModelFileError", "TruncatedFileError", "HeaderError", "NotAModelFileError",
     "UnsupportedVersionError", "ChecksumError", "ArchitectureError",
