@@ -926,6 +926,11 @@ class Model:
         from .io import save
         save(self, path)
 
+    def to_torch(self) -> Any:
+        """The network as a torch module, same weights and dtype (chainrule.interop.to_torch)."""
+        from .interop import to_torch
+        return to_torch(self)
+
     def to_bytes(self) -> bytes:
         """The model as the bytes :meth:`save` writes."""
         from .io import to_bytes
