@@ -3,10 +3,11 @@
 Each network is described once as a spec and built independently on both sides; a conversion
 must copy every parameter bit for bit and give the same outputs (float64 to 1e-12: the libraries
 sum in different orders) and gradients. A round trip through the other library changes no bit.
-The no-torch tests run without torch.
+The ownership tests and the no-torch tests run without torch.
 """
 from __future__ import annotations
 
+import gc
 import pickle
 import subprocess
 import sys
@@ -416,3 +417,70 @@ def test_importing_chainrule_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "PYTHONPATH": path})
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays handed out stay valid however long the caller keeps them
+# ---------------------------------------------------------------------------------------------
+
+def _owner(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+OWNERSHIP = {
+    "lstm_adam": ([cr.LSTM(3, 4, num_layers=2), cr.GRU(4, 3, return_sequences=False),
+                   cr.Dense(3, 2)], lambda: cr.Adam(lr=0.05, amsgrad=True), (5, 6, 3)),
+    "dense_momentum": ([cr.Dense(3, 8), cr.Tanh(), cr.Dense(8, 2)],
+                       lambda: cr.SGD(lr=0.1, momentum=0.9), (5, 3)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(OWNERSHIP))
+def test_returned_arrays_are_owning_copies_that_outlive_the_model(name, dtype, rng):
+    layers, opt, shape = OWNERSHIP[name]
+    model = cr.Model(layers, optimizer=opt(), dtype=dtype, seed=0)
+    X = rng.standard_normal(shape)
+    y = rng.standard_normal(shape[:1] + (2,))
+    out = model.forward(X)
+    model.backward(y)
+    model.step()
+    handed = {"forward": out, "predict": model.predict(X), "input_grad": model.input_grad}
+    handed.update({f"state_dict {k}": v for k, v in model.state_dict().items()})
+    handed.update({f"grads {k}": v for k, v in model.grads.items()})
+    for p, bufs in model.optimizer_state()["params"].items():
+        handed.update({f"optimizer {p} {b}": v for b, v in bufs.items()})
+    if name == "lstm_adam":
+        h, c = model.final_state(0)
+        dh, dc = model.initial_state_grad(0)
+        handed.update({"h_n": h, "c_n": c, "dh0": dh, "dc0": dc,
+                       "step norms": model.timestep_grad_norms(1)})
+    assert any(k.startswith("optimizer") for k in handed)
+    for k, a in handed.items():
+        owner = _owner(a)  # NumPy's own memory, not a view into the C++ network
+        assert owner.base is None and owner.flags.owndata, k
+        assert a.flags.writeable, k
+    saved = {k: a.copy() for k, a in handed.items()}
+
+    weights = model.state_dict()
+    model.fit(X, y, epochs=3, batch_size=2)  # rewrites weights, gradients and optimizer state
+    assert any(not np.array_equal(weights[k], v) for k, v in model.state_dict().items())
+    for k, a in handed.items():
+        np.testing.assert_array_equal(a, saved[k], err_msg=f"{k} changed with training")
+
+    sd = model.state_dict()
+    for a in sd.values():
+        a[...] = 0  # writing into a copy leaves the model alone
+    assert all(np.any(v != 0) for v in model.state_dict().values())
+
+    del model, sd, weights
+    gc.collect()
+    for seed in range(4):  # new networks of the same sizes reuse the freed memory
+        other = cr.Model(OWNERSHIP[name][0], optimizer=opt(), dtype=dtype, seed=seed + 1)
+        other.fit(X, y, epochs=2, batch_size=2)
+        del other
+        gc.collect()
+    for k, a in handed.items():
+        np.testing.assert_array_equal(a, saved[k], err_msg=f"{k} changed after the model died")
