@@ -496,7 +496,7 @@ class Model:
             else:
                 h0, c0 = state, None
             want = (layer.num_layers, batch, layer.hidden_size)
-            arrays = []
+            arrays: List[Optional[np.ndarray]] = []
             for name, a in (("h0", h0), ("c0", c0)):
                 if a is None:
                     arrays.append(None)
