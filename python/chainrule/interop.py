@@ -4,23 +4,26 @@ Module i of the Sequential is layer i of the Model, so parameter names and shape
 (``"0.weight"`` (out, in), ``"1.weight_ih_l0"`` (gates·H, I), ...), and a round trip copies every
 parameter exactly. torch is imported only when a function here is called.
 
-================================================ ============================================
-torch                                            chainrule
-================================================ ============================================
-``nn.Linear``                                    ``Dense(in, out, bias)``
-``nn.Sigmoid``, ``nn.Tanh``, ``nn.ReLU``         ``Sigmoid()``, ``Tanh()``, ``ReLU()``
-``nn.LeakyReLU(negative_slope)``                 ``LeakyReLU(negative_slope)``
-``nn.Softmax(dim=-1)``, ``nn.LogSoftmax(dim=-1)`` ``Softmax()``, ``LogSoftmax()`` (last axis)
-``nn.Identity``, ``nn.Dropout(p=0)``              ``Identity()``
-``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``, batch_first ``RNN`` / ``LSTM`` / ``GRU``
-================================================ ============================================
+Conversions, torch <-> chainrule:
+
+- ``nn.Linear`` <-> ``Dense(in, out, bias)``
+- ``nn.Sigmoid``, ``nn.Tanh``, ``nn.ReLU``, ``nn.Identity`` <-> the layer of the same name
+- ``nn.LeakyReLU(negative_slope)`` <-> ``LeakyReLU(negative_slope)``
+- ``nn.Softmax(dim=-1)``, ``nn.LogSoftmax(dim=-1)`` <-> ``Softmax()``, ``LogSoftmax()``
+- ``nn.Dropout(p=0)`` -> ``Identity()``
+- ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` with batch_first=True, one direction <-> ``RNN`` /
+  ``LSTM`` / ``GRU``
 
 Recurrent modules return a tuple (output, state), so a plain ``nn.Sequential`` can hold them but
 not run them. ``from_torch`` reads a recurrent module in a Sequential (or a list) as "pass on its
 output sequence" (B, T, H), i.e. ``return_sequences=True``; ``return_sequences=False`` (or
 ``{index: False}``) passes on the last step (B, H) instead, as ``output[:, -1]`` does.
 ``Model.to_torch()`` gives a Model with recurrent layers back as a :class:`RecurrentSequential`,
-an ``nn.Sequential`` that runs them batch-first and keeps these flags; ``from_torch`` reads them.
+an ``nn.Sequential`` that runs them batch-first and keeps these flags; ``from_torch`` reads them::
+
+    seq = nn.Sequential(nn.LSTM(3, 16, batch_first=True), nn.Linear(16, 1))
+    model = chainrule.from_torch(seq, return_sequences=False)  # Linear sees h_T: (B, 1) out
+    net = model.to_torch()  # RecurrentSequential(return_sequences={0: False}), runnable in torch
 """
 from __future__ import annotations
 
