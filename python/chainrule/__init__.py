@@ -16,6 +16,7 @@ from . import plot  # noqa: F401  (matplotlib is imported only when a plot is dr
 from ._validation import NotFittedError
 from .callbacks import Callback, EarlyStopping
 from .history import History
+from .interop import from_torch
 from .io import (ArchitectureError, ChecksumError, HeaderError, ModelFileError,
                  NotAModelFileError, TruncatedFileError, UnsupportedVersionError, from_bytes, load)
 from .layers import (GRU, LSTM, RNN, Dense, Identity, Layer, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
@@ -59,6 +60,7 @@ __all__ = [
     "Loss", "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "Optimizer", "SGD", "Adam", "load", "from_bytes", "ops", "plot", "get_num_threads",
     "set_num_threads", "cmake_dir",
+    "from_torch",
     "ModelFileError", "TruncatedFileError", "HeaderError", "NotAModelFileError",
     "UnsupportedVersionError", "ChecksumError", "ArchitectureError",
 ]

@@ -38,8 +38,8 @@ def as_numeric(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def check_array(x: Any, dtype: np.dtype, *, name: str = "X", ndims: Tuple[int, ...] = (2, 3),
-                allow_empty: bool = False) -> np.ndarray:
+def check_array(x: Any, dtype: "np.typing.DTypeLike", *, name: str = "X",
+                ndims: Tuple[int, ...] = (2, 3), allow_empty: bool = False) -> np.ndarray:
     """Converts x to a C-contiguous array of dtype with ndim in ndims, all finite."""
     a = as_numeric(x, name)
     if a.ndim not in ndims:

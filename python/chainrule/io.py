@@ -26,7 +26,7 @@ __all__ = ["save", "load", "to_bytes", "from_bytes", "ModelFileError", "Truncate
 FORMAT = "chainrule.model"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a model header is a few KiB; this bounds what a file can ask
-_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_DTYPES: Dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _DTYPE_CODES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
 
 

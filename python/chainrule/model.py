@@ -562,7 +562,7 @@ class Model:
             else:
                 h0, c0 = state, None
             want = (layer.num_layers, batch, layer.hidden_size)
-            arrays = []
+            arrays: List[Optional[np.ndarray]] = []
             for name, a in (("h0", h0), ("c0", c0)):
                 if a is None:
                     arrays.append(None)
@@ -1002,6 +1002,12 @@ class Model:
         half-written file, and the weights load straight into PyTorch."""
         from .io import save
         save(self, path)
+
+    @_shared
+    def to_torch(self) -> Any:
+        """The network as a torch module, same weights and dtype (chainrule.interop.to_torch)."""
+        from .interop import to_torch
+        return to_torch(self)
 
     @_shared
     def to_bytes(self) -> bytes:

@@ -73,7 +73,7 @@ def _as_numeric(x: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _float_dtype(*arrays: np.ndarray) -> type:
+def _float_dtype(*arrays: np.ndarray) -> "type[np.floating]":
     """float32 when every array is float32, float64 otherwise."""
     return np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
 
