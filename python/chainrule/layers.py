@@ -25,6 +25,13 @@ def _check_size(name: str, value: Any, *, allow_none: bool = False) -> Optional[
     return v
 
 
+def _size(name: str, value: Any) -> int:
+    """A required positive size (never None)."""
+    v = _check_size(name, value)
+    assert v is not None
+    return v
+
+
 class Layer:
     """Base class of all layers."""
 
@@ -82,7 +89,7 @@ class Dense(Layer):
                 raise TypeError("Dense needs out_features, e.g. Dense(2, 16) or Dense(16)")
             in_features, out_features = None, in_features
         self.in_features = _check_size("in_features", in_features, allow_none=True)
-        self.out_features = _check_size("out_features", out_features)
+        self.out_features = _size("out_features", out_features)
         if not isinstance(bias, (bool, int)):
             raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         self.bias = bool(bias)
@@ -202,8 +209,8 @@ class _Recurrent(Layer):
     def __init__(self, input_size: Optional[int], hidden_size: int, num_layers: int = 1,
                  bias: bool = True, return_sequences: bool = True) -> None:
         self.input_size = _check_size("input_size", input_size, allow_none=True)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.num_layers = _check_size("num_layers", num_layers)
+        self.hidden_size = _size("hidden_size", hidden_size)
+        self.num_layers = _size("num_layers", num_layers)
         if not isinstance(bias, (bool, int)) or not isinstance(return_sequences, (bool, int)):
             raise TypeError("bias and return_sequences must be bools")
         self.bias = bool(bias)

@@ -532,6 +532,11 @@ class Model:
         else:
             self._net.set_bptt_memory("all", mode)
 
+    def _rec(self, i: int) -> _Recurrent:
+        layer = self._layers[i]
+        assert isinstance(layer, _Recurrent), f"layer {i} is not recurrent"
+        return layer
+
     def _recurrent_layer(self, layer: Optional[int]) -> int:
         rec = self._recurrent_indices()
         if not rec:
@@ -553,7 +558,7 @@ class Model:
         states = initial_state if isinstance(initial_state, dict) else {rec[0]: initial_state}
         for i, state in states.items():
             i = self._recurrent_layer(i)
-            layer = self._layers[i]
+            layer = self._rec(i)
             is_lstm = type(layer).__name__ == "LSTM"
             if is_lstm:
                 if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -587,7 +592,7 @@ class Model:
         """The final state of a recurrent layer after the last forward: h_n of shape
         (num_layers, batch, hidden), or (h_n, c_n) for an LSTM (PyTorch's layout)."""
         i, info = self._recurrent_info(layer)
-        shape = (self._layers[i].num_layers, info["batch"], self._layers[i].hidden_size)
+        shape = (self._rec(i).num_layers, info["batch"], self._rec(i).hidden_size)
         h = info["hn"].reshape(shape)
         return (h, info["cn"].reshape(shape)) if info["cn"] is not None else h
 
@@ -596,7 +601,7 @@ class Model:
         i, info = self._recurrent_info(layer)
         if info["dh0"] is None:
             raise RuntimeError("initial_state_grad needs a backward() first")
-        shape = (self._layers[i].num_layers, info["batch"], self._layers[i].hidden_size)
+        shape = (self._rec(i).num_layers, info["batch"], self._rec(i).hidden_size)
         h = info["dh0"].reshape(shape)
         return (h, info["dc0"].reshape(shape)) if info["dc0"] is not None else h
 
@@ -608,7 +613,7 @@ class Model:
         norms = np.asarray(info["step_norms"], dtype=np.float64)
         if norms.size == 0:
             raise RuntimeError("timestep_grad_norms needs a backward() first")
-        return norms.reshape(self._layers[i].num_layers, info["steps"])
+        return norms.reshape(self._rec(i).num_layers, info["steps"])
 
     def bptt_workspace(self, layer: Optional[int] = None) -> Dict[str, Any]:
         """Bytes the last BPTT of a recurrent layer held (states, gates, checkpoints, gate
@@ -778,7 +783,7 @@ class Model:
         # Without per-epoch work in Python, all epochs run in one C++ call.
         progress = Progress(verbose, epochs)
         per_epoch = bool(val is not None or cbs or progress.active)
-        layer_cells = {i: self._layers[i].num_layers for i in self._recurrent_indices()}
+        layer_cells = {i: self._rec(i).num_layers for i in self._recurrent_indices()}
         warned = False
         try:
             with progress:
@@ -922,11 +927,14 @@ class Model:
             if yi is not None:
                 truth = yi
             elif self._loss.name == "cross_entropy":
+                assert yf is not None
                 truth = yf.argmax(axis=-1)
             else:
-                truth = (yf > 0.5).astype(np.int64)
+                assert yf is not None
+                truth = np.asarray(yf > 0.5).astype(np.int64)
                 truth = truth[..., 0] if truth.shape[-1] == 1 else truth
             return {prefix + "loss": loss, prefix + "accuracy": float(np.mean(pred == truth))}
+        assert yf is not None  # regression targets are always float
         return {prefix + "loss": loss, prefix + "r2": r2_score(yf, out)}
 
     # ------------------------------------------------------------------ persistence

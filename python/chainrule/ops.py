@@ -326,6 +326,7 @@ def activation_backward(
     dt = _float_dtype(*(a for a in (dy_arr, x_arr, y_arr) if a is not None))
     dyc = _contiguous(dy_arr, dt)
     if y_arr is None:
+        assert x_arr is not None  # checked above: x or y is given
         xc = _contiguous(x_arr, dt)
         yc = activation(name, xc, slope)
     else:
