@@ -1,8 +1,8 @@
 """chainrule.sklearn: scikit-learn's estimator checks on the MLPs; agreement with scikit-learn's own
 MLP (the same initial weights bit for bit, SGD to rounding, similar scores where shuffling
 differs); scikit-learn's attributes and semantics (random_state, warm_start, partial_fit, early
-stopping, pickling, Pipeline/GridSearchCV/cross_val_score in worker processes); and what goes
-beyond scikit-learn.
+stopping, pickling, Pipeline/GridSearchCV/cross_val_score in worker processes); what goes beyond
+scikit-learn; and the recurrent estimators on (n_samples, T, n_features) data.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import chainrule as cr
-from chainrule.sklearn import MLPClassifier, MLPRegressor
+from chainrule.sklearn import MLPClassifier, MLPRegressor, RNNClassifier, RNNRegressor
 
 # Checks expected to fail, by estimator class name, with the reason. None: every check of the
 # installed scikit-learn passes (pandas-based checks skip themselves where pandas is absent).
@@ -43,6 +43,15 @@ def smooth_regression(n=200, seed=0):
     X = rng.uniform(-2, 2, (n, 2))
     y = np.c_[np.sin(X[:, 0]) + 0.5 * X[:, 1] ** 2, np.cos(X[:, 0] * X[:, 1])]
     return X, y
+
+
+def sequences(n=120, T=8, seed=0):
+    """X (n, T, 2); y_reg depends on the last steps and the mean; y_cls on the sum's sign."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, T, 2))
+    y_reg = X[:, -2:, 0].sum(axis=1) - 0.5 * X[:, :, 1].mean(axis=1)
+    y_cls = np.where(X[:, :, 0].sum(axis=1) > 0, "up", "down")
+    return X, y_reg, y_cls
 
 
 def assert_same_state(a, b):
@@ -324,7 +333,7 @@ def test_predict_log_proba_stays_finite_where_proba_rounds_to_zero(iris, kind):
 
 def test_unfitted_estimator_raises_not_fitted(iris):
     X, _ = iris
-    for est in (MLPClassifier(), MLPRegressor()):
+    for est in (MLPClassifier(), MLPRegressor(), RNNClassifier(), RNNRegressor()):
         with pytest.raises(NotFittedError, match="not fitted yet"):
             est.predict(X)
     assert not hasattr(MLPClassifier(), "coefs_")
@@ -523,11 +532,16 @@ def test_verbose_prints_sklearns_lines(iris, capsys):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [
-    lambda: MLPClassifier(hidden_layer_sizes=(5,), random_state=0)], ids=["mlp"])
+    lambda: MLPClassifier(hidden_layer_sizes=(5,), random_state=0),
+    lambda: RNNRegressor(cell="gru", hidden_size=4, random_state=0)], ids=["mlp", "rnn"])
 def test_pickle_goes_through_chainrules_safe_bytes(iris, make):
     est = make()
-    X, y = iris
-    est.partial_fit(X, y, classes=[0, 1, 2])
+    if isinstance(est, RNNRegressor):
+        X, y, _ = sequences(40)
+        est.partial_fit(X, y)
+    else:
+        X, y = iris
+        est.partial_fit(X, y, classes=[0, 1, 2])
     blob = pickle.dumps(est)
     found = []
 
@@ -601,3 +615,88 @@ def test_clip_grad_norm_bounds_each_step_in_sklearns_gradient_scale():
     free = step_norm()
     assert free > 0.1 * 0.5  # the unclipped gradient is larger than the bound below
     np.testing.assert_allclose(step_norm(clip_grad_norm=0.5), 0.1 * 0.5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent estimators
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rnn_regressor_learns_from_sequences(cell):
+    X, y, _ = sequences(120)
+    est = RNNRegressor(cell=cell, hidden_size=8, learning_rate_init=0.02, max_iter=60,
+                       random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.score(X, y) >= 0.9
+    assert est.n_features_in_ == 2 and est.out_activation_ == "identity"
+    assert type(est.model_.layers[0]).__name__ == cell.upper()
+    assert est.model_.layers[0].return_sequences is False
+    assert est.predict(X[:, :5]).shape == (120,)  # any sequence length predicts
+
+
+def test_rnn_classifier_binary_and_multiclass():
+    X, _, labels = sequences(160)
+    three = np.where(X[:, -1, 0] > 0.5, "high", labels)
+    for y, n_classes in ((labels, 2), (three, 3)):
+        est = RNNClassifier(cell="gru", hidden_size=12, learning_rate_init=0.02, max_iter=60,
+                            random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        assert est.score(X, y) >= 0.9
+        np.testing.assert_array_equal(est.classes_, np.unique(y))
+        proba = est.predict_proba(X)
+        assert proba.shape == (160, n_classes)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+        np.testing.assert_array_equal(est.predict(X), est.classes_[proba.argmax(axis=1)])
+
+
+def test_rnn_input_checks():
+    X, y, labels = sequences(30)
+    with pytest.raises(ValueError, match=r"Expected 3D array \(n_samples, n_timesteps, "
+                                         r"n_features\), got 2D array"):
+        RNNRegressor().fit(X[:, :, 0], y)
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+        RNNRegressor().fit(X, None)
+    est = RNNClassifier(hidden_size=3, max_iter=2, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, labels)
+    with pytest.raises(ValueError, match="X has 1 features, but RNNClassifier is expecting 2"):
+        est.predict(X[:, :, :1])
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        est.predict(np.where(X > 2, np.nan, X))
+    assert not est.__sklearn_tags__().input_tags.two_d_array
+    assert est.__sklearn_tags__().input_tags.three_d_array
+
+
+def test_rnn_bptt_memory_sqrt_is_bitwise_the_same_training():
+    # "sqrt" checkpointing recomputes the dropped states: the same gradients bit for bit.
+    X, y, _ = sequences(80, T=8)
+    kw = dict(cell="lstm", hidden_size=6, learning_rate_init=0.02, max_iter=30, random_state=0,
+              clip_grad_norm=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = RNNRegressor(**kw).fit(X, y)
+        sqrt = RNNRegressor(bptt_memory="sqrt", **kw).fit(X, y)
+    assert_same_state(full, sqrt)
+    assert full.loss_curve_[-1] < 0.5 * full.loss_curve_[0]
+
+
+def test_rnn_partial_fit_early_stopping_and_cross_val_score():
+    X, y, labels = sequences(120)
+    est = RNNClassifier(cell="rnn", nonlinearity="relu", hidden_size=6, random_state=0)
+    for k in range(1, 4):
+        est.partial_fit(X, labels, classes=["down", "up"] if k == 1 else None)
+    assert est.n_iter_ == 3 and est.t_ == 360
+    stopped = RNNRegressor(cell="gru", hidden_size=6, early_stopping=True, tol=10.0,
+                           n_iter_no_change=2, random_state=0).fit(X, y)
+    assert stopped.n_iter_ == 4 and len(stopped.validation_loss_curve_) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with parallel_backend("loky"):
+            scores = cross_val_score(RNNRegressor(cell="gru", hidden_size=8, max_iter=60,
+                                                  learning_rate_init=0.02, random_state=0),
+                                     X, y, cv=3, n_jobs=2)
+    assert scores.min() >= 0.7, scores

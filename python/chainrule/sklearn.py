@@ -1,5 +1,6 @@
 """scikit-learn estimators trained by chainrule: MLPClassifier and MLPRegressor with scikit-learn's
-parameters, attributes and loss definitions.
+parameters, attributes and loss definitions, and RNNClassifier/RNNRegressor for sequences
+X (n_samples, T, n_features) that predict from the last time step.
 
 Needs scikit-learn >= 1.6. ``import chainrule`` does not import this module (nor scikit-learn).
 
@@ -33,8 +34,8 @@ What matches ``sklearn.neural_network.MLP*`` (solver "sgd"/"adam") and what does
 - Beyond scikit-learn: activation "leaky_relu" (slope 0.01), one activation per hidden layer (a
   list, whose items may also be chainrule activation layers such as ``LeakyReLU(0.2)``),
   clip_grad_norm (on the data-loss gradient, in scikit-learn's scale), predict_log_proba computed
-  from the logits (finite where ``log(predict_proba)`` is -inf) and validation_loss_curve_. The
-  trained network is ``model_``, a :class:`chainrule.Model`.
+  from the logits (finite where ``log(predict_proba)`` is -inf), validation_loss_curve_, and the
+  recurrent estimators. The trained network is ``model_``, a :class:`chainrule.Model`.
 
 Pickling stores ``model_`` as chainrule's safe bytes (:meth:`Model.to_bytes`), never a C++ object.
 """
@@ -58,23 +59,25 @@ try:
                                                  validate_parameter_constraints)
     from sklearn.utils.multiclass import (check_classification_targets, type_of_target,
                                           unique_labels)
-    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
+                                          column_or_1d, validate_data)
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("chainrule.sklearn needs scikit-learn >= 1.6: pip install "
                       "'scikit-learn>=1.6'") from e
 
 from .io import from_bytes
-from .layers import Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Tanh
+from .layers import (GRU, LSTM, RNN, Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Tanh)
 from .model import Model
 from .optim import SGD, Adam
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "RNNClassifier", "RNNRegressor"]
 
 _ACTIVATIONS = {"identity": None, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU,
                 "leaky_relu": LeakyReLU}
 _ACTIVATION_LAYERS = (Identity, Sigmoid, Tanh, ReLU, LeakyReLU)
+_CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
-# Parameters shared by the MLPs and later estimators, with scikit-learn's MLP constraints.
+# Parameters every estimator here shares, with scikit-learn's MLP constraints.
 _COMMON_CONSTRAINTS: Dict[str, list] = {
     "solver": [StrOptions({"sgd", "adam"})],
     "alpha": [Interval(Real, 0, None, closed="left")],
@@ -781,3 +784,143 @@ class MLPClassifier(_Classifier, ClassifierMixin, _MLP):
 class MLPRegressor(_Regressor, RegressorMixin, _MLP):
     """Multi-layer perceptron regressor (squared error, identity outputs) with scikit-learn's
     parameters and attributes; see :class:`MLPClassifier` for the extras."""
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent estimators
+# ---------------------------------------------------------------------------------------------
+
+class _RecurrentNet(_Network):
+    _parameter_constraints: Dict[str, list] = {
+        **_COMMON_CONSTRAINTS,
+        "cell": [StrOptions(set(_CELLS))],
+        "hidden_size": [Interval(Integral, 1, None, closed="left")],
+        "num_layers": [Interval(Integral, 1, None, closed="left")],
+        "nonlinearity": [StrOptions({"tanh", "relu"})],
+        "bptt_memory": [StrOptions({"all", "sqrt"}), Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, cell: str = "lstm", hidden_size: int = 32, num_layers: int = 1,
+                 nonlinearity: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: Any = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: Any = 10,
+                 clip_grad_norm: Optional[float] = None, bptt_memory: Any = "all",
+                 dtype: Any = "float64") -> None:
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.nonlinearity = nonlinearity
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.clip_grad_norm = clip_grad_norm
+        self.bptt_memory = bptt_memory
+        self.dtype = dtype
+
+    def _build_layers(self, n_features: int, n_outputs: int) -> List[Layer]:
+        if self.cell == "rnn":
+            rec = RNN(n_features, self.hidden_size, nonlinearity=self.nonlinearity,
+                      num_layers=self.num_layers, return_sequences=False)
+        else:
+            rec = _CELLS[self.cell](n_features, self.hidden_size, num_layers=self.num_layers,
+                                    return_sequences=False)
+        return [rec, Dense(self.hidden_size, n_outputs)]
+
+    def _architecture(self, n_features: int, n_outputs: int) -> Tuple[Any, ...]:
+        return (n_features, self.cell, self.hidden_size, self.num_layers,
+                self.nonlinearity if self.cell == "rnn" else None, n_outputs,
+                self.out_activation_, _np_dtype(self.dtype).name)
+
+    def _fit_kwargs(self) -> Dict[str, Any]:
+        return {"bptt_memory": self.bptt_memory}
+
+    def _check_sequences(self, X: Any, reset: bool) -> np.ndarray:
+        X = check_array(X, allow_nd=True, ensure_2d=False, dtype=_np_dtype(self.dtype),
+                        input_name="X")
+        if X.ndim != 3:
+            raise ValueError(
+                f"Expected 3D array (n_samples, n_timesteps, n_features), got {X.ndim}D array "
+                f"of shape {X.shape} instead. Reshape univariate sequences with X[:, :, None], "
+                "or one-step samples with X[:, None, :].")
+        if 0 in X.shape[1:]:
+            raise ValueError(f"Found array with 0 time step(s) or feature(s) (shape={X.shape}) "
+                             "while a minimum of 1 is required.")
+        if reset:
+            self.n_features_in_ = X.shape[2]
+        elif X.shape[2] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[2]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input.")
+        return X
+
+    def _validate_Xy(self, X: Any, y: Any, reset: bool) -> Tuple[np.ndarray, Any]:
+        if y is None:
+            raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, "
+                             "but the target y is None.")
+        X = self._check_sequences(X, reset)
+        y = check_array(y, ensure_2d=False, input_name="y",
+                        dtype="numeric" if isinstance(self, _Regressor) else None)
+        check_consistent_length(X, y)
+        return X, y
+
+    def _validate_X(self, X: Any) -> np.ndarray:
+        return self._check_sequences(X, reset=False)
+
+    def fit(self, X: Any, y: Any) -> Any:
+        """Trains on sequences X (n_samples, T, n_features) for up to max_iter epochs.
+
+        Returns:
+            self.
+        """
+        return self._fit(X, y, incremental=False)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+class RNNClassifier(_Classifier, ClassifierMixin, _RecurrentNet):
+    """Sequence classifier: a recurrent network (cell "rnn", "lstm" or "gru"; num_layers
+    stacked) over X (n_samples, T, n_features) and a dense output layer on the last step's
+    hidden state, with the MLP's training parameters and attributes (no coefs_: the weights
+    are in ``model_.state_dict()``).
+
+    Args (beyond the MLP's training parameters):
+        cell: "rnn" (Elman), "lstm" or "gru". hidden_size: H. num_layers: stacked cells.
+        nonlinearity: "tanh" or "relu", for cell="rnn".
+        bptt_memory: what backpropagation through time keeps: "all" (every state), "sqrt"
+            (a checkpoint every ~√T steps, the rest recomputed: the same gradients bit for bit
+            in less memory), or a byte budget.
+
+    Full BPTT only: chainrule's truncated BPTT (Model.fit's bptt_steps) needs a loss at every
+    step, and these estimators have one loss, on the last step.
+
+    Predictions work for any sequence length T, not only the one fitted on.
+    """
+
+
+class RNNRegressor(_Regressor, RegressorMixin, _RecurrentNet):
+    """Sequence regressor: see :class:`RNNClassifier`; identity outputs on the last step."""
