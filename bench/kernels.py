@@ -38,9 +38,9 @@ def ops_module() -> Tuple[Optional[Any], str]:
 
 
 def time_call(fn: Callable[[], Any], min_time: float, sync: Callable[[Any], Any] = None
-              ) -> Tuple[int, Callable[[], float]]:
+              ) -> Tuple[int, Callable[[], Tuple[float, float]]]:
     """Calibrates how many calls of fn take at least min_time; returns (calls, timer) where
-    timer() runs that many calls and returns seconds per call."""
+    timer() runs that many calls and returns (seconds per call, process CPU time / wall time)."""
     sync = sync or (lambda r: r)
     sync(fn())  # warm-up: first-touch, caches, JIT
     n = 1
@@ -55,21 +55,23 @@ def time_call(fn: Callable[[], Any], min_time: float, sync: Callable[[Any], Any]
         n = n * 2 if dt <= 0 else max(n * 2, int(n * min_time / dt))
     calls = max(1, int(round(n * min_time / dt))) if dt > 0 and min_time > 0 else 1
 
-    def timer() -> float:
-        t0 = time.perf_counter()
+    def timer() -> Tuple[float, float]:
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(calls):
             r = fn()
         sync(r)
-        return (time.perf_counter() - t0) / calls
+        wall = time.perf_counter() - t0
+        return wall / calls, (time.process_time() - c0) / wall if wall > 0 else float("nan")
 
     return calls, timer
 
 
-def _interleaved(timers: Dict[str, Callable[[], float]], reps: int, settle: float
-                 ) -> Dict[str, List[float]]:
-    """Seconds per call of each timer, reps times, systems interleaved (rotating order) so that
-    machine noise hits them alike; settle seconds between systems lets other pools go idle."""
-    out: Dict[str, List[float]] = {k: [] for k in timers}
+def _interleaved(timers: Dict[str, Callable[[], Tuple[float, float]]], reps: int, settle: float
+                 ) -> Dict[str, List[Tuple[float, float]]]:
+    """(seconds per call, cores busy) of each timer, reps times, systems interleaved (rotating
+    order) so that machine noise hits them alike; settle seconds between systems lets the
+    previous system's spinning pool threads go idle."""
+    out: Dict[str, List[Tuple[float, float]]] = {k: [] for k in timers}
     names = list(timers)
     for r in range(reps):
         for k in names[r % len(names):] + names[:r % len(names)]:
@@ -127,7 +129,7 @@ def gemm_sweep(ops: Optional[Any], sizes: Sequence[int], *, reps: int, min_time:
             for n in sizes:
                 systems = ["chainrule", "numpy"] + (list(peers) if op == "NN" else [])
                 row: Dict[str, Any] = {"dtype": np.dtype(dtype).name, "op": op, "n": n,
-                                       "gflops": {}, "samples": {}, "errors": {}}
+                                       "gflops": {}, "samples": {}, "cores": {}, "errors": {}}
                 if ops is None:
                     row["errors"]["chainrule"] = "ops not available"
                 x64 = None
@@ -151,8 +153,9 @@ def gemm_sweep(ops: Optional[Any], sizes: Sequence[int], *, reps: int, min_time:
                         x64.__exit__(None, None, None)
                 flops = 2.0 * n ** 3
                 for s, ts in samples.items():
-                    row["samples"][s] = [flops / t / 1e9 for t in ts]
+                    row["samples"][s] = [flops / t / 1e9 for t, _ in ts]
                     row["gflops"][s] = _median(row["samples"][s])
+                    row["cores"][s] = _median([c for _, c in ts])
                 rows.append(row)
     return rows
 
@@ -225,7 +228,7 @@ def activation_bench(ops: Optional[Any], *, n: int = 1 << 20, reps: int, min_tim
                     except Exception as e:  # noqa: BLE001
                         row["errors"][s] = f"{type(e).__name__}: {e}"
                 for s, ts in _interleaved(timers, reps, settle).items():
-                    row["melems"][s] = _median([n / t / 1e6 for t in ts])
+                    row["melems"][s] = _median([n / t / 1e6 for t, _ in ts])
                 rows.append(row)
     return rows
 
@@ -284,6 +287,6 @@ def dense_bench(ops: Optional[Any], shapes: Sequence[Tuple[int, int, int]] = DEN
                     except Exception as e:  # noqa: BLE001
                         row["errors"][s] = f"{type(e).__name__}: {e}"
                 for s, ts in _interleaved(timers, reps, settle).items():
-                    row["gflops"][s] = _median([flops / t / 1e9 for t in ts])
+                    row["gflops"][s] = _median([flops / t / 1e9 for t, _ in ts])
                 rows.append(row)
     return rows

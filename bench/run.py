@@ -385,7 +385,7 @@ def table_rows(results: Dict[str, Any], systems: Sequence[str]) -> List[List[str
         rows.append([label, figure] + cells + [ratio, who])
 
     for name, r in results.items():
-        if "gemm" in r and r.get("main_rows"):
+        if "gemm" in r:
             sizes = sorted({row["n"] for row in r["gemm"]})
             picks = sorted({sizes[0] if sizes[0] >= 128 else
                             next((n for n in sizes if n >= 128), sizes[-1]), sizes[-1]})
@@ -396,7 +396,7 @@ def table_rows(results: Dict[str, Any], systems: Sequence[str]) -> List[List[str
                 vals.update({s: _short(e) for s, e in row["errors"].items()})
                 spread = {s: _spread(v) for s, v in row["samples"].items()}
                 dt = "f32" if row["dtype"] == "float32" else "f64"
-                add(f"gemm {dt} n={row['n']}", "GFLOP/s", vals, spread)
+                add(f"{name} {dt} n={row['n']}", "GFLOP/s", vals, spread)
         elif "systems" in r:
             vals, spread = {}, {}
             for s, d in r["systems"].items():
@@ -511,8 +511,11 @@ def print_kernels(name: str, r: Dict[str, Any], md: bool) -> None:
         cr = row["gflops"].get("chainrule")
         ratio = f"{cr / num:.2f}×" if cr and num else "—"
         err = f"{row['max_rel_err']:.1e}" if "max_rel_err" in row else ""
-        rows.append([row["dtype"], row["op"], str(row["n"])] + vals + [ratio, err])
-    say(render(["dtype", "op", "n"] + gsys + ["cr÷numpy", "rel err"], rows, md))
+        busy = "/".join(f"{row['cores'][s]:.1f}" if s in row.get("cores", {}) else "-"
+                        for s in gsys)
+        rows.append([row["dtype"], row["op"], str(row["n"])] + vals + [ratio, err, busy])
+    say(render(["dtype", "op", "n"] + gsys + ["cr÷numpy", "rel err", "cores (same order)"],
+               rows, md))
     say()
     say("activations, Melem/s (new output array per call, as a user calls them)")
     rows = []
@@ -603,7 +606,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if name == "kernels" and "gemm" in opts.workloads:
                     continue  # gemm already ran the kernel tables
                 results[name] = bench_kernels(w, env, opts, with_peers=name == "gemm")
-                results[name]["main_rows"] = name == "gemm"
             else:
                 results[name] = bench_training(w, env, opts)
             print(f"[{name} done, {time.perf_counter() - t_start:.0f} s]", file=sys.stderr,
