@@ -362,14 +362,14 @@ def fmt(x: Optional[float]) -> str:
     return f"{x:.3g}"
 
 
-def table_rows(results: Dict[str, Any], systems: Sequence[str]) -> List[List[str]]:
+def table_rows(results: Dict[str, Any], systems: Sequence[str], env: Env) -> List[List[str]]:
     """Rows of the main table: [workload, figure, one cell per system, ratio, best peer]."""
     rows = []
 
     def add(label: str, figure: str, vals: Dict[str, Any], spread: Dict[str, float]) -> None:
         cells = []
         for s in systems:
-            v = vals.get(s)
+            v = vals.get(s, "absent" if s not in env.systems else None)
             if isinstance(v, str):
                 cells.append(v)
             else:
@@ -435,7 +435,7 @@ def render(header: Sequence[str], rows: List[List[str]], markdown: bool) -> str:
 
 def print_report(env: Env, results: Dict[str, Any], checks: Dict[str, Any],
                  opts: argparse.Namespace) -> None:
-    systems = list(SYSTEMS)
+    systems = [s for s in SYSTEMS if s in opts.systems]
     md = opts.markdown
     say = lambda s="": print(s, flush=True)  # noqa: E731
     mode = "smoke" if opts.smoke else "quick" if opts.quick else "full"
@@ -468,7 +468,7 @@ def print_report(env: Env, results: Dict[str, Any], checks: Dict[str, Any],
     if not results:
         return
     hdr = ["workload", "figure"] + systems + ["cr÷best", "best peer"]
-    say(render(hdr, table_rows(results, systems), md))
+    say(render(hdr, table_rows(results, systems, env), md))
     say("~ marks a cell whose repetitions spread more than 25% (noisy machine); "
         "n/a: the system has no such network.")
     cores = [[n, "cores"] + [f"{r['systems'][s]['cores']:.2f}" if "cores" in r["systems"].get(
