@@ -200,6 +200,14 @@ class Env:
             f"numpy {self.versions['numpy']}: OpenBLAS kernel {blas}; "
             f"unset for this run: {', '.join(SLOW_VARS)} (before: {was})",
         ]
+        busy = m["load_avg"][0]
+        if busy > 0.75 * (m["affinity"] or 1):
+            lines.append(
+                f"WARNING: load average {busy:.1f} on {m['affinity']} CPUs: other processes "
+                f"compete for the cores. Thread pools that wait at barriers (OpenBLAS, OpenMP in "
+                f"PyTorch, XLA) stall whenever one of their {self.threads} threads is preempted, "
+                "so multi-threaded peers lose most; the ratios below are unreliable. "
+                "Re-run on a quiet machine, or compare with --threads 1.")
         for s in SYSTEMS[0:1] + PEER_NAMES[1:]:
             if s in self.versions:
                 lines.append(f"{s} {self.versions[s]}")
@@ -226,7 +234,8 @@ def machine_info() -> Dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "affinity": affinity,
             "avx512f": " avx512f" in flags, "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "load_start": " ".join(f"{x:.2f}" for x in load)}
+            "python": platform.python_version(), "load_avg": list(load),
+            "load_start": " ".join(f"{x:.2f}" for x in load)}
 
 
 def make_trainer(system: str, w: Any, params: Any, X: Any, y: Any) -> Any:
