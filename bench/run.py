@@ -201,7 +201,7 @@ class Env:
             f"unset for this run: {', '.join(SLOW_VARS)} (before: {was})",
         ]
         busy = m["load_avg"][0]
-        if busy > 0.75 * (m["affinity"] or 1):
+        if busy + self.threads > (m["affinity"] or 1) + 0.5:  # our threads + theirs > cores
             lines.append(
                 f"WARNING: load average {busy:.1f} on {m['affinity']} CPUs: other processes "
                 f"compete for the cores. Thread pools that wait at barriers (OpenBLAS, OpenMP in "
