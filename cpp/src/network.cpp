@@ -162,10 +162,10 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   const std::size_t L = layers_.size();
   if (shapes_.front().time != time) shapes_ = shapes_for(time);
   acts_.resize(L + 1);
-  acts_[0].resize(checked_mul(batch, shapes_[0].size()));
+  acts_[0].resize_for_overwrite(checked_mul(batch, shapes_[0].size()));
   if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
   for (std::size_t i = 0; i < L; ++i) {
-    acts_[i + 1].resize(checked_mul(batch, shapes_[i + 1].size()));
+    acts_[i + 1].resize_for_overwrite(checked_mul(batch, shapes_[i + 1].size()));
     if (auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_[i].get())) {
       rc->memory = bptt_memory_;
       if (bptt_budget_ > 0)
@@ -205,15 +205,15 @@ void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
   const std::size_t L = layers_.size();
   index_t max_size = 0;
   for (auto& a : acts_) max_size = std::max(max_size, a.size());
-  g0_.resize(max_size);
-  g1_.resize(max_size);
+  g0_.resize_for_overwrite(max_size);
+  g1_.resize_for_overwrite(max_size);
   const T* g = grad_output;
   T* bufs[2] = {g0_.data(), g1_.data()};
   int next = 0;
   for (std::size_t k = L; k-- > 0;) {
     T* dx = nullptr;
     if (k > 0) dx = bufs[next];
-    else if (need_input_grad) { dx_.resize(acts_[0].size()); dx = dx_.data(); }
+    else if (need_input_grad) { dx_.resize_for_overwrite(acts_[0].size()); dx = dx_.data(); }
     layers_[k]->backward(dx, g, acts_[k].data(), acts_[k + 1].data(), tape_batch_, shapes_[k],
                          caches_[k].get());
     g = dx;
@@ -322,7 +322,7 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
                             index_t time, const FitOptions& opt, EpochStats& st, index_t b,
                             index_t t_offset, index_t full_time) {
   forward_impl(x, bs, time);
-  lossgrad_.resize(acts_.back().size());
+  lossgrad_.resize_for_overwrite(acts_.back().size());
   const double loss =
       loss_and_grad(lossgrad_.data(), acts_.back().data(), yf, yi, bs, shapes_.back());
   for (Param<T>* p : params_) p->grad.fill_zero();
@@ -394,9 +394,9 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   perm_.resize(std::size_t(n));
   std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
   if (opt.shuffle) rng_.shuffle(perm_.data(), n);
-  xb_.resize(checked_mul(batch_size, xs));
+  xb_.resize_for_overwrite(checked_mul(batch_size, xs));
   if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
-  else yfb_.resize(checked_mul(batch_size, ys));
+  else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
   clear_initial_states();
 
   // Recurrent states carried from chunk to chunk (and, when stateful, batch to batch): the values
@@ -427,7 +427,7 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       const index_t F = shapes.front().features, per_step = ys / time;
       for (index_t c0 = 0; c0 < time; c0 += k) {
         const index_t kk = std::min(k, time - c0);
-        xc_.resize(checked_mul(bs, kk * F));
+        xc_.resize_for_overwrite(checked_mul(bs, kk * F));
         for (index_t r = 0; r < bs; ++r)
           std::memcpy(xc_.data() + r * kk * F, xb_.data() + (r * time + c0) * F,
                       std::size_t(kk * F) * sizeof(T));
@@ -437,7 +437,7 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
             std::memcpy(yic_.data() + r * kk, yib_.data() + r * time + c0,
                         std::size_t(kk) * sizeof(std::int64_t));
         } else {
-          yfc_.resize(checked_mul(bs, kk * per_step));
+          yfc_.resize_for_overwrite(checked_mul(bs, kk * per_step));
           for (index_t r = 0; r < bs; ++r)
             std::memcpy(yfc_.data() + r * kk * per_step, yfb_.data() + (r * time + c0) * per_step,
                         std::size_t(kk * per_step) * sizeof(T));

@@ -155,9 +155,9 @@ class RecurrentLayer final : public Layer<T> {
   void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
                    T* cs, T* gates, T* ghn) const {
     const index_t H = H_, G = G_, Ik = k == 0 ? I_ : H_;
-    c.gx.resize(checked_mul(checked_mul(n, B), G));
-    c.gh.resize(checked_mul(B, G));
-    c.tmp.resize(H_);
+    c.gx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
+    c.gh.resize_for_overwrite(checked_mul(B, G));
+    c.tmp.resize_for_overwrite(H_);
     // The input projection of the whole segment: one GEMM over n * B rows.
     dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
     T* gh = c.gh.data();
@@ -217,32 +217,32 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
   c->B = B;
   c->steps = steps;
   c->cells.resize(std::size_t(L_));
-  c->hn.resize(LBH);
-  c->cn.resize(lstm() ? LBH : 0);
-  c->cells[0].x.resize(checked_mul(checked_mul(steps, B), I_));
+  c->hn.resize_for_overwrite(LBH);
+  c->cn.resize_for_overwrite(lstm() ? LBH : 0);
+  c->cells[0].x.resize_for_overwrite(checked_mul(checked_mul(steps, B), I_));
   to_time_major(c->cells[0].x.data(), x, B, steps, I_);
   if (!keep_all) {
-    c->seg_hs.resize(checked_mul(S + 1, BH));
-    c->seg_cs.resize(lstm() ? checked_mul(S + 1, BH) : 0);
-    c->seg_gates.resize(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
-    c->seg_ghn.resize(gru() ? checked_mul(S, BH) : 0);
+    c->seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
+    c->seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
+    c->seg_gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c->seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
   for (index_t k = 0; k < L_; ++k) {
     CellStore& cl = c->cells[std::size_t(k)];
     const T* xin = k == 0 ? cl.x.data() : c->cells[std::size_t(k - 1)].out.data();
     const bool top = k == L_ - 1;
     c->whh_t.pack(true, H, G, w_hh_[k].value.data(), H);
-    cl.out.resize(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
+    cl.out.resize_for_overwrite(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
     if (keep_all) {
-      cl.hs.resize(checked_mul(steps + 1, BH));
-      cl.cs.resize(lstm() ? checked_mul(steps + 1, BH) : 0);
-      cl.gates.resize(lstm() || gru() ? checked_mul(checked_mul(steps, B), G) : 0);
-      cl.ghn.resize(gru() ? checked_mul(steps, BH) : 0);
+      cl.hs.resize_for_overwrite(checked_mul(steps + 1, BH));
+      cl.cs.resize_for_overwrite(lstm() ? checked_mul(steps + 1, BH) : 0);
+      cl.gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(steps, B), G) : 0);
+      cl.ghn.resize_for_overwrite(gru() ? checked_mul(steps, BH) : 0);
     } else {  // checkpoints: the state at every segment start
-      cl.hs.resize(checked_mul(nseg, BH));
-      cl.cs.resize(lstm() ? checked_mul(nseg, BH) : 0);
-      cl.gates.resize(0);
-      cl.ghn.resize(0);
+      cl.hs.resize_for_overwrite(checked_mul(nseg, BH));
+      cl.cs.resize_for_overwrite(lstm() ? checked_mul(nseg, BH) : 0);
+      cl.gates.resize_for_overwrite(0);
+      cl.ghn.resize_for_overwrite(0);
     }
     for (index_t j = 0; j < nseg; ++j) {
       const index_t s = j * S, n = std::min(S, steps - s);
@@ -290,20 +290,20 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   const bool keep_all = c.memory == BpttMemory::all;
   const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
   // dL/d(output of the top cell), time-major. Without return_sequences only the last step has one.
-  c.dtm.resize(return_sequences_ ? checked_mul(steps, BH) : 0);
+  c.dtm.resize_for_overwrite(return_sequences_ ? checked_mul(steps, BH) : 0);
   if (return_sequences_) to_time_major(c.dtm.data(), dy, B, steps, H);
   c.step_norms.assign(std::size_t(L_ * steps), 0.0);
-  c.dh0.resize(L_ * BH);
-  c.dc0.resize(lstm() ? L_ * BH : 0);
-  c.dh.resize(BH);
-  c.dc.resize(lstm() ? BH : 0);
-  c.dprev.resize(BH);
-  c.tmp.resize(H);
+  c.dh0.resize_for_overwrite(L_ * BH);
+  c.dc0.resize_for_overwrite(lstm() ? L_ * BH : 0);
+  c.dh.resize_for_overwrite(BH);
+  c.dc.resize_for_overwrite(lstm() ? BH : 0);
+  c.dprev.resize_for_overwrite(BH);
+  c.tmp.resize_for_overwrite(H);
   if (!keep_all) {
-    c.seg_hs.resize(checked_mul(S + 1, BH));
-    c.seg_cs.resize(lstm() ? checked_mul(S + 1, BH) : 0);
-    c.seg_gates.resize(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
-    c.seg_ghn.resize(gru() ? checked_mul(S, BH) : 0);
+    c.seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
+    c.seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
+    c.seg_gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c.seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
   for (index_t k = L_ - 1; k >= 0; --k) {
     CellStore& cl = c.cells[std::size_t(k)];
@@ -313,7 +313,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
     // Gradient w.r.t. this cell's input sequence: the next lower cell's output gradient, or dx.
     T* dxin = nullptr;
     if (k > 0 || dx) {
-      c.dtm2.resize(checked_mul(steps, B * Ik));
+      c.dtm2.resize_for_overwrite(checked_mul(steps, B * Ik));
       dxin = c.dtm2.data();
     }
     const T* dout = (top && !return_sequences_) ? nullptr : c.dtm.data();
@@ -341,8 +341,8 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
         if (lstm()) std::memcpy(cs, cl.cs.data() + j * BH, std::size_t(BH) * sizeof(T));
         run_segment(c, k, xin, s, n, B, hs, cs, gates, ghn);
       }
-      c.dgx.resize(checked_mul(checked_mul(n, B), G));
-      c.dgh.resize(gru() ? checked_mul(checked_mul(n, B), G) : 0);
+      c.dgx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
+      c.dgh.resize_for_overwrite(gru() ? checked_mul(checked_mul(n, B), G) : 0);
       for (index_t t = n - 1; t >= 0; --t) {
         const index_t tt = s + t;
         // dL/dh_t = (from the output at t) + (from step t + 1, already in dh)
