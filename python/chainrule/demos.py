@@ -1032,7 +1032,39 @@ def build_parser(name: str, prog: Optional[str] = None,
         doc = (demo.run.__doc__ or "").strip().split("\n\n")[0]
         parser = argparse.ArgumentParser(prog=prog, description=doc)
     demo.add_arguments(parser)
+    if name != "gradient_check":  # every other demo trains a model and keeps its History
+        parser.add_argument("--plot", metavar="OUT.png", default=None,
+                            help="save the loss curves (and, for xor, the decision boundary) "
+                                 "as a PNG; needs matplotlib")
     return parser
+
+
+def save_plot(result: DemoResult, path: str) -> None:
+    """Saves a demo's loss/metric curves (and XOR's decision boundary) to a PNG at path.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingExtraError("--plot needs matplotlib: pip install matplotlib (or "
+                                "pip install 'chainrule[examples]')") from None
+    from .plot import plot_decision_boundary, plot_history
+
+    boundary = result.name == "xor" and result.model is not None
+    fig, axes = plt.subplots(1, 2 if boundary else 1, figsize=(11 if boundary else 6, 4.2))
+    axes = list(axes) if boundary else [axes]
+    plot_history(result.history, ax=axes[0])
+    axes[0].set_title(f"{result.name}: training curves")
+    if boundary:
+        plot_decision_boundary(result.model, XOR_X, XOR_Y, ax=axes[1])
+        axes[1].set_title("XOR decision boundary")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run_demo(name: str, options: Dict[str, Any], out: Optional[TextIO] = None) -> int:
@@ -1042,8 +1074,13 @@ def run_demo(name: str, options: Dict[str, Any], out: Optional[TextIO] = None) -
         0 on success, 1 when the demo's own check failed (``passed`` False) or it needs a
         package that is missing (the message, with the install command, goes to stderr).
     """
+    options = dict(options)
+    plot_path = options.pop("plot", None)
     try:
         result = DEMOS[name].run(out=out, **options)
+        if plot_path:
+            save_plot(result, plot_path)
+            _Printer(out)(f"saved {plot_path}")
     except MissingExtraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
