@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 #include <numeric>
+#include <type_traits>
 
 #include "chainrule/clip.hpp"
 #include "chainrule/recurrent.hpp"
@@ -76,11 +77,19 @@ void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf
 
 template <class T>
 bool all_finite(const std::vector<Param<T>*>& params) {
+  // A value is NaN or inf exactly when its exponent bits are all ones. Testing the bits with an
+  // integer OR-reduction vectorises (a floating-point sum would run one dependent add per
+  // element, ~4 cycles each: milliseconds per step on a wide network).
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr U exp_mask = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
   for (const Param<T>* p : params) {
     const T* g = p->grad.data();
-    T acc = 0;  // x - x is 0 for finite x and NaN otherwise; one sum tests a whole tensor
-    for (index_t i = 0; i < p->size(); ++i) acc += g[i] - g[i];
-    if (acc != T(0)) return false;
+    U bad = 0;
+    for (index_t i = 0; i < p->size(); ++i) {
+      const U bits = __builtin_bit_cast(U, g[i]);
+      bad |= U((bits & exp_mask) == exp_mask);
+    }
+    if (bad) return false;
   }
   return true;
 }
