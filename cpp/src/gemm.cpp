@@ -117,22 +117,31 @@ void ukernel_generic_f64_4x4(index_t kc, double alpha, const double* a, const do
 // run every path the machine supports.
 namespace {
 
+// Each path has a main kernel and a "short" one with the same NR (so the same packed B) and
+// fewer rows, used when M is divided better by its MR (a batch of 32 rows: 4 x 8 rather than
+// 3 x 14). Every kernel computes each element the same way, so the choice never changes a bit.
 struct KernelTable {
   const char* isa;
-  MicroKernel<float> f32;
-  MicroKernel<double> f64;
+  MicroKernel<float> f32, f32_short;
+  MicroKernel<double> f64, f64_short;
 };
 
 constexpr KernelTable kBaseline{"baseline",
                                 {4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"},
+                                {4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"},
+                                {4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"},
                                 {4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"}};
 #if CHAINRULE_X86_KERNELS
 constexpr KernelTable kAvx2{"avx2",
                             {6, 16, &isa_v3::ukernel_avx2_f32_6x16, "avx2_f32_6x16"},
+                            {6, 16, &isa_v3::ukernel_avx2_f32_6x16, "avx2_f32_6x16"},
+                            {6, 8, &isa_v3::ukernel_avx2_f64_6x8, "avx2_f64_6x8"},
                             {6, 8, &isa_v3::ukernel_avx2_f64_6x8, "avx2_f64_6x8"}};
 constexpr KernelTable kAvx512{"avx512",
                               {14, 32, &isa_v4::ukernel_avx512_f32_14x32, "avx512_f32_14x32"},
-                              {14, 16, &isa_v4::ukernel_avx512_f64_14x16, "avx512_f64_14x16"}};
+                              {8, 32, &isa_v4::ukernel_avx512_f32_8x32, "avx512_f32_8x32"},
+                              {14, 16, &isa_v4::ukernel_avx512_f64_14x16, "avx512_f64_14x16"},
+                              {8, 16, &isa_v4::ukernel_avx512_f64_8x16, "avx512_f64_8x16"}};
 constexpr const KernelTable* kTables[] = {&kBaseline, &kAvx2, &kAvx512};
 #else
 constexpr const KernelTable* kTables[] = {&kBaseline};
@@ -176,12 +185,33 @@ const KernelTable& kernel_table() {
   return *t;
 }
 
+// The main kernel of the current path, or its short twin when that computes fewer padded rows
+// for M (ties go to the main kernel, whose larger tile reuses each B load more).
 template <class T>
-const MicroKernel<T>& select_kernel();
+const MicroKernel<T>& pick(const MicroKernel<T>& main, const MicroKernel<T>& shorter, index_t M) {
+  auto padded = [M](index_t mr) { return (M + mr - 1) / mr * mr; };
+  return padded(shorter.mr) < padded(main.mr) ? shorter : main;
+}
+
+template <class T>
+const MicroKernel<T>& main_kernel();
 template <>
-const MicroKernel<float>& select_kernel<float>() { return kernel_table().f32; }
+const MicroKernel<float>& main_kernel<float>() { return kernel_table().f32; }
 template <>
-const MicroKernel<double>& select_kernel<double>() { return kernel_table().f64; }
+const MicroKernel<double>& main_kernel<double>() { return kernel_table().f64; }
+
+template <class T>
+const MicroKernel<T>& select_kernel(index_t M);
+template <>
+const MicroKernel<float>& select_kernel<float>(index_t M) {
+  const KernelTable& t = kernel_table();
+  return pick(t.f32, t.f32_short, M);
+}
+template <>
+const MicroKernel<double>& select_kernel<double>(index_t M) {
+  const KernelTable& t = kernel_table();
+  return pick(t.f64, t.f64_short, M);
+}
 
 // Per-thread packing space: grown on demand, kept for the thread's next call, never shared, so
 // concurrent gemm calls from several threads are safe and a steady loop allocates nothing.
@@ -320,7 +350,7 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
     gemm_detail::scale_c(M, N, beta, C, ldc);
     return;
   }
-  const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>();
+  const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>(M);
   const GemmBlocking blk = gemm_get_blocking();
   // Threads split C into slabs of whole register tiles, along N for wide products and along M
   // for tall ones; each slab is an independent blocked GEMM. Every element still accumulates
@@ -406,7 +436,7 @@ template <class T>
 void PackedB<T>::pack(bool trans_b, index_t K, index_t N, const T* B, index_t ldb) {
   using namespace gemm_detail;
   check_args(false, trans_b, 1, N, K, K, ldb, N);
-  const MicroKernel<T>& uk = select_kernel<T>();
+  const MicroKernel<T>& uk = main_kernel<T>();  // the packed layout depends on NR alone
   const GemmBlocking blk = gemm_get_blocking();
   K_ = K;
   N_ = N;
@@ -439,9 +469,10 @@ void gemm_prepacked(bool ta, index_t M, T alpha, const T* A, index_t lda, const 
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const MicroKernel<T>& uk = select_kernel<T>();
+  const MicroKernel<T>& main = main_kernel<T>();
+  const MicroKernel<T>& uk = select_kernel<T>(M);
   const GemmBlocking blk = gemm_get_blocking();
-  if (reinterpret_cast<const void*>(uk.run) != Bp.kernel_ ||
+  if (reinterpret_cast<const void*>(main.run) != Bp.kernel_ ||
       std::max<index_t>(1, std::min(blk.kc, K)) != Bp.kc_ || prepacked_nc(uk, blk) != Bp.nc_) {
     gemm<T>(ta, Bp.trans_, M, N, K, alpha, A, lda, Bp.src_, Bp.ld_, beta, C, ldc);
     return;

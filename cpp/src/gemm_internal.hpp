@@ -74,6 +74,10 @@ void ukernel_avx512_f32_14x32(index_t kc, float alpha, const float* a, const flo
                               float beta, float* c, index_t ldc, index_t m, index_t n);
 void ukernel_avx512_f64_14x16(index_t kc, double alpha, const double* a, const double* b,
                               double beta, double* c, index_t ldc, index_t m, index_t n);
+void ukernel_avx512_f32_8x32(index_t kc, float alpha, const float* a, const float* b, float beta,
+                             float* c, index_t ldc, index_t m, index_t n);
+void ukernel_avx512_f64_8x16(index_t kc, double alpha, const double* a, const double* b,
+                             double beta, double* c, index_t ldc, index_t m, index_t n);
 }  // namespace isa_v4
 #endif
 
