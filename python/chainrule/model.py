@@ -744,7 +744,7 @@ class Model:
                 if not per_epoch:
                     history.extend(logs_cols)
                     break
-                logs = {k: float(v[0]) for k, v in logs_cols.items()}
+                logs = {k: float(v[0]) for k, v in logs_cols.items() if len(v)}
                 if logs and val is not None:
                     logs.update(self._evaluate_arrays(*val, prefix="val_"))
                 if logs:
