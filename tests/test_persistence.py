@@ -278,6 +278,7 @@ def _first_tensor(header):
     ("float dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [6.0])),
     ("bool dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [True])),
     ("dtype", lambda h: h[_first_tensor(h)].__setitem__("dtype", "I64")),
+    ("list dtype", lambda h: h[_first_tensor(h)].__setitem__("dtype", ["F32"])),  # unhashable
     ("extra field", lambda h: h[_first_tensor(h)].__setitem__("x", 1)),
     ("non-string metadata", lambda h: h["__metadata__"].__setitem__("format_version", 1)),
     ("bad version", lambda h: h["__metadata__"].__setitem__("format_version", "one")),

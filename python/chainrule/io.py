@@ -132,7 +132,7 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise HeaderError(f"tensor {name!r}: entry must have dtype, shape and data_offsets")
         code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in _DTYPES:
+        if not isinstance(code, str) or code not in _DTYPES:  # a list would be unhashable
             raise HeaderError(f"tensor {name!r}: dtype {code!r} is not one a model uses "
                               f"({sorted(_DTYPES)})")
         if (not isinstance(shape, list) or len(shape) > 8 or
