@@ -339,6 +339,10 @@ def _edit_config(blob: bytes, edit) -> bytes:
     ("unknown loss", lambda c: c["loss"].update(name="hinge")),
     ("bad optimizer", lambda c: c["optimizer"].update(lr=-1)),
     ("no layers", lambda c: c.update(layers=[])),
+    # found by tests/fuzz: int(inf) escaped as OverflowError; a float or a string was truncated
+    ("infinite in_features", lambda c: c.update(in_features=float("inf"))),
+    ("fractional in_features", lambda c: c.update(in_features=3.5)),
+    ("string in_features", lambda c: c.update(in_features="3")),
 ])
 def test_architecture_that_does_not_fit_the_tensors(blob, name, edit):
     with pytest.raises(cr.ArchitectureError):

@@ -188,6 +188,8 @@ def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
                 break
     if f is None:
         return  # not built on load, so nothing is allocated
+    from ._validation import check_positive_int
+    f = check_positive_int("in_features", f)  # int(inf) would be an OverflowError
     for i, layer in enumerate(layers):
         sizes = [v for k, v in layer.spec(int(f)).items()
                  if k.endswith(("features", "_size")) and isinstance(v, int)]

@@ -879,7 +879,7 @@ class Model:
                     optimizer=get_optimizer(config["optimizer"]), dtype=config["dtype"],
                     seed=config["seed"])
         if model._net is None and config.get("in_features") is not None:
-            model._build(int(config["in_features"]))
+            model._build(check_positive_int("in_features", config["in_features"]))
         return model
 
     def optimizer_state(self) -> Dict[str, Any]:
