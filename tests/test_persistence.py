@@ -349,6 +349,15 @@ def test_architecture_that_does_not_fit_the_tensors(blob, name, edit):
         cr.from_bytes(_edit_config(blob, edit))
 
 
+def test_stacked_cells_beyond_the_tensors_are_refused_before_building():
+    # num_layers was not counted: a forged num_layers=10**7 built ~20 GB of stacked cells before
+    # load_state_dict could object. 10**5 is enough to tell (the old path built them, ~0.2 GB).
+    blob = cr.Model([cr.RNN(2, 3), cr.Dense(3, 1)], seed=0).to_bytes()
+    data = _edit_config(blob, lambda c: c["layers"][0].update(num_layers=10 ** 5))
+    with pytest.raises(cr.ArchitectureError, match="needs more parameters"):
+        cr.from_bytes(data)
+
+
 def test_checksum_covers_the_metadata(blob):
     """An edit to the architecture or the optimizer state without re-signing is caught."""
     def edit(h):
