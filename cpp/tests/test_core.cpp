@@ -17,6 +17,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace chainrule;
@@ -211,6 +212,22 @@ void test_network_learns_xor_and_reproduces() {
   check(w1 == w2, "the same seed reproduces the weights bit for bit");
 }
 
+void test_buffer_moves() {
+  Buffer<float> a(100);
+  a[99] = 1.f;
+  const float* data = a.data();
+  Buffer<float> b(std::move(a));
+  a.resize(50);  // the moved-from buffer allocates afresh (it used to zero-fill through null)
+  check(a.size() == 50 && a.data() != nullptr && a[49] == 0.f, "a moved-from Buffer is reusable");
+  b.resize(80);  // within the capacity it took over: no new allocation
+  check(b.data() == data && b.capacity_bytes() == 100 * sizeof(float),
+        "a moved-to Buffer keeps the capacity");
+  Buffer<float> c(10), d(200);
+  std::swap(c, d);  // as recurrent backward swaps its gradient buffers
+  check(c.capacity_bytes() == 200 * sizeof(float) && d.capacity_bytes() == 10 * sizeof(float),
+        "std::swap exchanges capacities");
+}
+
 void test_rng() {
   Rng a(42), b(42);
   bool same = true, in_range = true;
@@ -234,6 +251,7 @@ int main() {
   test_thread_pool();
   test_network_learns_xor_and_reproduces();
   test_rng();
+  test_buffer_moves();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

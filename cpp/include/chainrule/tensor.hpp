@@ -45,9 +45,18 @@ class Buffer {
     if (this != &o) { resize(o.n_); if (n_) std::memcpy(p_, o.p_, bytes()); }
     return *this;
   }
-  Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  // A move takes the capacity along: a moved-from buffer must be empty with no capacity, or its
+  // next resize would "keep" an allocation it no longer has and zero-fill through a null pointer.
+  Buffer(Buffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)),
+        cap_(std::exchange(o.cap_, 0)) {}
   Buffer& operator=(Buffer&& o) noexcept {
-    if (this != &o) { release(); p_ = std::exchange(o.p_, nullptr); n_ = std::exchange(o.n_, 0); }
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+      cap_ = std::exchange(o.cap_, 0);
+    }
     return *this;
   }
   ~Buffer() { release(); }
