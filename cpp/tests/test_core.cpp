@@ -228,6 +228,17 @@ void test_buffer_moves() {
         "std::swap exchanges capacities");
 }
 
+void test_out_of_memory() {
+  if (available_memory() == 0) return;  // not Linux: nothing to compare with
+  bool refused = false;
+  try {
+    Buffer<float> b(index_t(1) << 50);  // 4 PiB
+  } catch (const OutOfMemory& e) {
+    refused = std::string(e.what()).find("available") != std::string::npos;
+  }
+  check(refused, "a 4 PiB Buffer is refused with OutOfMemory before malloc");
+}
+
 void test_rng() {
   Rng a(42), b(42);
   bool same = true, in_range = true;
@@ -252,6 +263,7 @@ int main() {
   test_network_learns_xor_and_reproduces();
   test_rng();
   test_buffer_moves();
+  test_out_of_memory();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
