@@ -346,6 +346,9 @@ class Model:
         x, time = self._check_X(X)
         self._apply_bptt_memory(bptt_memory)
         self._apply_initial_state(initial_state, len(x))
+        # A forward that fails in the core leaves no tape there (not half of one): nor here.
+        self._last_out_shape = None
+        self._has_input_grad = False
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
         self._has_input_grad = False
