@@ -44,6 +44,16 @@ def test_huge_lazy_layer_is_refused_at_the_first_data():
         model.forward(X)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: cr.Dense(2, 2 ** 63), lambda: cr.Dense(2 ** 64, 3), lambda: cr.RNN(1, 2 ** 63),
+    lambda: cr.LSTM(None, 4, num_layers=2 ** 70),
+], ids=["dense-out", "dense-in", "rnn", "cells"])
+def test_sizes_beyond_64_bits_are_value_errors(make):
+    # were RuntimeError from the binding ("Unable to cast Python instance of type int")
+    with pytest.raises(ValueError, match=r"less than 2\*\*63"):
+        cr.Model([make(), cr.Dense(1)])
+
+
 @pytest.mark.parametrize("layers", [
     lambda: [cr.Dense(2 ** 40, 2 ** 40)], lambda: [cr.Dense(2, 2 ** 62)],
     lambda: [cr.LSTM(1, 2 ** 61)],
