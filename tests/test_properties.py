@@ -90,7 +90,7 @@ def tol(dtype) -> Dict[str, float]:
 
 @st.composite
 def laid_out(draw, shape: Tuple[int, int], dtype) -> np.ndarray:
-    """A (rows, cols) array with values in [-2, 2], C- or F-ordered, or a strided or reversed view."""
+    """A (rows, cols) array in [-2, 2]: C- or F-ordered, or a strided or transposed view."""
     rows, cols = shape
     seed = draw(st.integers(0, 2 ** 32 - 1))
     a = np.random.default_rng(seed).uniform(-2, 2, shape).astype(dtype)
