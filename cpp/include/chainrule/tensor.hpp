@@ -15,6 +15,10 @@
 #include <string>
 #include <utility>
 
+#if defined(__SANITIZE_ADDRESS__)  // gcc -fsanitize=address (CMake: CHAINRULE_SANITIZE)
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace chainrule {
 
 using index_t = std::int64_t;
@@ -114,7 +118,30 @@ inline void check_available_memory(std::size_t bytes) {
   if (avail > 0 && (need > avail || avail - need < headroom)) throw OutOfMemory(bytes, avail);
 }
 
+namespace detail {
+
+// Marks bytes [p, p + n) unaddressable (poison) or addressable again for AddressSanitizer; no-ops
+// in other builds. A Buffer's allocation is rounded up to 64 bytes and kept when it shrinks, so
+// without this an access just past size() would land in memory ASan considers valid.
+inline void asan_poison(const void* p, std::size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  if (p && n) __asan_poison_memory_region(p, n);
+#else
+  (void)p, (void)n;
+#endif
+}
+inline void asan_unpoison(const void* p, std::size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  if (p && n) __asan_unpoison_memory_region(p, n);
+#else
+  (void)p, (void)n;
+#endif
+}
+
+}  // namespace detail
+
 // Owning, zero-initialised, 64-byte aligned array of T (one cache line, one zmm register).
+// Under ASan everything past size() is poisoned, so an off-by-one access is reported.
 template <class T>
 class Buffer {
  public:
@@ -155,6 +182,8 @@ class Buffer {
       cap_ = n;
     }
     n_ = n;
+    detail::asan_unpoison(p_, bytes());
+    detail::asan_poison(reinterpret_cast<char*>(p_) + bytes(), allocated_bytes() - bytes());
     if (n_) std::memset(static_cast<void*>(p_), 0, bytes());
   }
   void fill_zero() { if (n_) std::memset(static_cast<void*>(p_), 0, bytes()); }
@@ -168,7 +197,12 @@ class Buffer {
   const T& operator[](index_t i) const { return p_[i]; }
 
  private:
-  void release() { std::free(p_); p_ = nullptr; n_ = 0; cap_ = 0; }
+  std::size_t allocated_bytes() const { return (std::size_t(cap_) * sizeof(T) + 63) / 64 * 64; }
+  void release() {
+    detail::asan_unpoison(p_, allocated_bytes());
+    std::free(p_);
+    p_ = nullptr; n_ = 0; cap_ = 0;
+  }
   T* p_ = nullptr;
   index_t n_ = 0;
   index_t cap_ = 0;
