@@ -34,7 +34,10 @@ def test_mutated_inputs_end_in_success_or_a_documented_exception(tmp_path):
 
     def watch(i: int, data: bytes) -> None:
         current["i"], current["data"] = i, data
-        faulthandler.dump_traceback_later(fuzz_loader.HANG_SECONDS, exit=True)  # a hang
+        # a hang: dump every thread's stack and exit (to the real stderr: pytest may have
+        # replaced sys.stderr with an object without a file descriptor)
+        faulthandler.dump_traceback_later(fuzz_loader.HANG_SECONDS, exit=True,
+                                          file=sys.__stderr__)
 
     try:
         n, seconds = fuzz_loader.run_plain(BUDGET_SECONDS, seed=0, on_input=watch)
