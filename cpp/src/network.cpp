@@ -164,7 +164,9 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   // No tape until this forward completes: one that fails halfway (out of memory, a bad initial
   // state) would otherwise leave a tape that mixes two batches for backward to read.
   tape_batch_ = 0;
-  const std::vector<SampleShape> shapes = shapes_for(time);
+  std::vector<SampleShape> fresh;  // the shapes for a new time length, adopted once it fits
+  if (shapes_.front().time != time) fresh = shapes_for(time);
+  const std::vector<SampleShape>& shapes = fresh.empty() ? shapes_ : fresh;
   // Every activation the tape still has to grow, refused together before any is allocated.
   index_t grow = 0;
   for (std::size_t i = 0; i <= L; ++i) {
@@ -175,9 +177,9 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
                               " overflow a 64-bit size");
     grow += bytes;
   }
-  check_available_memory(std::size_t(grow));
+  if (grow > 0) check_available_memory(std::size_t(grow));
   try {
-    shapes_ = shapes;
+    if (!fresh.empty()) shapes_ = std::move(fresh);
     acts_.resize(L + 1);
     acts_[0].resize(checked_mul(batch, shapes_[0].size()));
     if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
