@@ -219,6 +219,18 @@ def test_stable_at_extreme_logits():
     np.testing.assert_allclose(grad, [[-1.0, 0.0, 1.0]], atol=1e-15)
 
 
+@pytest.mark.parametrize("target", [np.array([0]), np.array([[0.5, 0.5]], np.float32)],
+                         ids=["index", "probabilities"])
+def test_cross_entropy_keeps_its_precision_at_large_logits(target):
+    # lse was formed as m + log(sum): at m = -1e4 a float32 rounds by 2^-10, and the loss ln 2
+    # came out as 0.69336 (found by tests/test_properties.py)
+    logits = np.full((1, 2), -1e4, np.float32)
+    value, grad = ops.loss_grad("cross_entropy", logits, target)
+    np.testing.assert_allclose(value, np.log(2.0), rtol=4 * np.finfo(np.float32).eps)
+    want = [[-0.5, 0.5]] if target.ndim == 1 else [[0.0, 0.0]]
+    np.testing.assert_allclose(grad, want, atol=4 * np.finfo(np.float32).eps)
+
+
 @pytest.mark.parametrize("index_dtype", [np.int64, np.int32, np.uint8])
 def test_cross_entropy_index_dtypes_and_one_hot_equivalence(index_dtype):
     rng = np.random.default_rng(10)

@@ -278,6 +278,7 @@ def _first_tensor(header):
     ("float dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [6.0])),
     ("bool dim", lambda h: h[_first_tensor(h)].__setitem__("shape", [True])),
     ("dtype", lambda h: h[_first_tensor(h)].__setitem__("dtype", "I64")),
+    ("list dtype", lambda h: h[_first_tensor(h)].__setitem__("dtype", ["F32"])),  # unhashable
     ("extra field", lambda h: h[_first_tensor(h)].__setitem__("x", 1)),
     ("non-string metadata", lambda h: h["__metadata__"].__setitem__("format_version", 1)),
     ("bad version", lambda h: h["__metadata__"].__setitem__("format_version", "one")),
@@ -338,10 +339,23 @@ def _edit_config(blob: bytes, edit) -> bytes:
     ("unknown loss", lambda c: c["loss"].update(name="hinge")),
     ("bad optimizer", lambda c: c["optimizer"].update(lr=-1)),
     ("no layers", lambda c: c.update(layers=[])),
+    # found by tests/fuzz: int(inf) escaped as OverflowError; a float or a string was truncated
+    ("infinite in_features", lambda c: c.update(in_features=float("inf"))),
+    ("fractional in_features", lambda c: c.update(in_features=3.5)),
+    ("string in_features", lambda c: c.update(in_features="3")),
 ])
 def test_architecture_that_does_not_fit_the_tensors(blob, name, edit):
     with pytest.raises(cr.ArchitectureError):
         cr.from_bytes(_edit_config(blob, edit))
+
+
+def test_stacked_cells_beyond_the_tensors_are_refused_before_building():
+    # num_layers was not counted: a forged num_layers=10**7 built ~20 GB of stacked cells before
+    # load_state_dict could object. 10**5 is enough to tell (the old path built them, ~0.2 GB).
+    blob = cr.Model([cr.RNN(2, 3), cr.Dense(3, 1)], seed=0).to_bytes()
+    data = _edit_config(blob, lambda c: c["layers"][0].update(num_layers=10 ** 5))
+    with pytest.raises(cr.ArchitectureError, match="needs more parameters"):
+        cr.from_bytes(data)
 
 
 def test_checksum_covers_the_metadata(blob):

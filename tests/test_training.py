@@ -436,6 +436,18 @@ def test_nonfinite_stop_in_the_first_batch_records_no_epoch():
     assert all(np.isfinite(v).all() for v in model.state_dict().values())
 
 
+@pytest.mark.parametrize("per_epoch", [dict(validation_split=0.25),
+                                       dict(callbacks=[lambda epoch, logs: None]),
+                                       dict(verbose=1)], ids=["validation", "callback", "verbose"])
+def test_nonfinite_stop_in_the_first_batch_with_per_epoch_work(per_epoch, capsys):
+    # Found by tests/fuzz: this path indexed the empty logs of the untrained epoch (IndexError).
+    model, X, y = exploding("stop")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        hist = model.fit(X, y, epochs=3, batch_size=4, on_nonfinite="stop", **per_epoch)
+    assert hist.epochs == 0 and hist.nonfinite == (0, 0)
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+
+
 def test_nonfinite_ignore_records_but_does_not_warn():
     model, X, y = exploding("ignore")
     with warnings.catch_warnings():

@@ -346,6 +346,9 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(b.mc, b.kc, b.nc);
       },
       "The GEMM cache block sizes (mc, kc, nc) in elements.");
+  m.def("available_memory", &available_memory,
+        "Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the "
+        "cgroup limit); 0 when unknown.");
   m.def("get_num_threads", &get_num_threads, "Threads the C++ core may use.");
   m.def("set_num_threads", &set_num_threads, "Sets the threads the C++ core may use (>= 1).",
         py::arg("n"));

@@ -17,9 +17,13 @@ namespace py = pybind11;
 template <class T>
 using carray = py::array_t<T, py::array::c_style>;
 
-// A new C-contiguous array of the given shape.
+// A new C-contiguous array of the given shape; MemoryError when the machine cannot back it (NumPy
+// would get it from an overcommitting kernel, and filling it would wake the OOM killer).
 template <class T>
 carray<T> new_array(const std::vector<chainrule::index_t>& shape) {
+  chainrule::index_t n = sizeof(T);
+  for (chainrule::index_t d : shape) n = chainrule::checked_mul(n, d);
+  chainrule::check_available_memory(std::size_t(n));
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   return carray<T>(s);
 }

@@ -222,10 +222,14 @@ class PackSpace {
   PackSpace() = default;
   PackSpace(const PackSpace&) = delete;
   PackSpace& operator=(const PackSpace&) = delete;
-  ~PackSpace() { std::free(p_); }
+  ~PackSpace() {
+    detail::asan_unpoison(p_, allocated_bytes());
+    std::free(p_);
+  }
 
   T* get(index_t n) {
     if (n > cap_) {
+      detail::asan_unpoison(p_, allocated_bytes());
       std::free(p_);
       p_ = nullptr;
       cap_ = 0;
@@ -234,10 +238,14 @@ class PackSpace {
       if (!p_) throw std::bad_alloc();
       cap_ = n;
     }
+    // Under ASan only the n elements asked for are addressable (tensor.hpp).
+    detail::asan_unpoison(p_, std::size_t(n) * sizeof(T));
+    detail::asan_poison(p_ + n, allocated_bytes() - std::size_t(n) * sizeof(T));
     return p_;
   }
 
  private:
+  std::size_t allocated_bytes() const { return (std::size_t(cap_) * sizeof(T) + 63) / 64 * 64; }
   T* p_ = nullptr;
   index_t cap_ = 0;
 };

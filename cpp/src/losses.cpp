@@ -38,15 +38,17 @@ const char* reduction_name(Reduction r) { return r == Reduction::mean ? "mean" :
 
 namespace {
 
-// Row r of x (C) -> lse = log sum_c exp(x_c), computed as m + log sum exp(x_c - m).
+// Row x (C) -> its maximum m and ls = log sum_c exp(x_c - m), so that lse = m + ls. Kept apart:
+// x_c - lse = (x_c - m) - ls is exact to the rounding of ls, where m + ls would round at the
+// magnitude of m (float32 logits of -1e4 gave ln 2 with a relative error of 3e-4).
 template <class T>
-T log_sum_exp(const T* x, index_t C) {
-  T m = -std::numeric_limits<T>::infinity();
+T log_sum_exp_shifted(const T* x, index_t C, T& m) {
+  m = -std::numeric_limits<T>::infinity();
   for (index_t c = 0; c < C; ++c) m = std::max(m, x[c]);
-  if (!std::isfinite(m)) return m;  // -inf row: lse = -inf; inf/NaN: propagate
+  if (!std::isfinite(m)) return T(0);  // -inf row: lse = -inf; inf/NaN: propagate through m
   T s = 0;
   for (index_t c = 0; c < C; ++c) s += vexp1(x[c] - m);
-  return m + std::log(s);
+  return std::log(s);
 }
 
 template <class T>
@@ -105,13 +107,14 @@ double cross_entropy_prob(T* grad, const T* x, const T* t, index_t R, index_t C,
   const T scale = T(red == Reduction::mean ? 1.0 / double(R) : 1.0);
   for (index_t r = 0; r < R; ++r) {
     const T* xr = x + r * C; const T* tr = t + r * C;
-    const T lse = log_sum_exp(xr, C);
+    T m;
+    const T ls = log_sum_exp_shifted(xr, C, m);
     T tsum = 0; double lr = 0;
-    for (index_t c = 0; c < C; ++c) { tsum += tr[c]; lr -= double(tr[c] * (xr[c] - lse)); }
+    for (index_t c = 0; c < C; ++c) { tsum += tr[c]; lr -= double(tr[c] * ((xr[c] - m) - ls)); }
     sum += lr;
     if (grad) {
       T* gr = grad + r * C;
-      for (index_t c = 0; c < C; ++c) gr[c] = (vexp1(xr[c] - lse) * tsum - tr[c]) * scale;
+      for (index_t c = 0; c < C; ++c) gr[c] = (vexp1((xr[c] - m) - ls) * tsum - tr[c]) * scale;
     }
   }
   return red == Reduction::mean ? sum / double(R) : sum;
@@ -147,11 +150,12 @@ double cross_entropy_index(T* grad, const T* x, const std::int64_t* target, inde
   const T scale = T(red == Reduction::mean ? 1.0 / double(R) : 1.0);
   for (index_t r = 0; r < R; ++r) {
     const T* xr = x + r * C;
-    const T lse = log_sum_exp(xr, C);
-    sum += double(lse - xr[target[r]]);
+    T m;
+    const T ls = log_sum_exp_shifted(xr, C, m);
+    sum += double((m - xr[target[r]]) + ls);
     if (grad) {
       T* gr = grad + r * C;
-      for (index_t c = 0; c < C; ++c) gr[c] = vexp1(xr[c] - lse) * scale;
+      for (index_t c = 0; c < C; ++c) gr[c] = vexp1((xr[c] - m) - ls) * scale;
       gr[target[r]] -= scale;
     }
   }

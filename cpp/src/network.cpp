@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <type_traits>
@@ -169,19 +170,48 @@ std::vector<SampleShape> Network<T>::shapes_for(index_t time) const {
 template <class T>
 void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   const std::size_t L = layers_.size();
-  if (shapes_.front().time != time) shapes_ = shapes_for(time);
-  acts_.resize(L + 1);
-  acts_[0].resize_for_overwrite(checked_mul(batch, shapes_[0].size()));
-  if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
-  for (std::size_t i = 0; i < L; ++i) {
-    acts_[i + 1].resize_for_overwrite(checked_mul(batch, shapes_[i + 1].size()));
-    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_[i].get())) {
-      rc->memory = bptt_memory_;
-      if (bptt_budget_ > 0)
-        rc->memory = layers_[i]->bptt_workspace(batch, time, BpttMemory::all) <= bptt_budget_
-                         ? BpttMemory::all : BpttMemory::sqrt;
+  // No tape until this forward completes: one that fails halfway (out of memory, a bad initial
+  // state) would otherwise leave a tape that mixes two batches for backward to read.
+  tape_batch_ = 0;
+  std::vector<SampleShape> fresh;  // the shapes for a new time length, adopted once it fits
+  if (shapes_.front().time != time) fresh = shapes_for(time);
+  const std::vector<SampleShape>& shapes = fresh.empty() ? shapes_ : fresh;
+  // Every activation the tape still has to grow, refused together before any is allocated.
+  index_t grow = 0;
+  for (std::size_t i = 0; i <= L; ++i) {
+    const index_t bytes = checked_mul(checked_mul(batch, shapes[i].size()), index_t(sizeof(T)));
+    if (i < acts_.size() && std::size_t(bytes) <= acts_[i].capacity_bytes()) continue;
+    if (grow > std::numeric_limits<index_t>::max() - bytes)
+      throw std::length_error("the activations of a batch of " + std::to_string(batch) +
+                              " overflow a 64-bit size");
+    grow += bytes;
+  }
+  if (grow > 0) check_available_memory(std::size_t(grow));
+  try {
+    if (!fresh.empty()) shapes_ = std::move(fresh);
+    acts_.resize(L + 1);
+    acts_[0].resize_for_overwrite(checked_mul(batch, shapes_[0].size()));
+    if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
+    for (std::size_t i = 0; i < L; ++i) {
+      acts_[i + 1].resize_for_overwrite(checked_mul(batch, shapes_[i + 1].size()));
+      if (auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_[i].get())) {
+        rc->memory = bptt_memory_;
+        if (bptt_budget_ > 0)
+          rc->memory = layers_[i]->bptt_workspace(batch, time, BpttMemory::all) <= bptt_budget_
+                           ? BpttMemory::all : BpttMemory::sqrt;
+      }
+      layers_[i]->forward(acts_[i + 1].data(), acts_[i].data(), batch, shapes_[i],
+                          caches_[i].get());
     }
-    layers_[i]->forward(acts_[i + 1].data(), acts_[i].data(), batch, shapes_[i], caches_[i].get());
+  } catch (...) {
+    // Free what the failed forward allocated (it may be most of the memory there is).
+    acts_.clear();
+    for (auto& c : caches_)
+      if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) {
+        rc->release_workspace();
+        rc->B = rc->steps = 0;
+      }
+    throw;
   }
   tape_batch_ = batch;
 }

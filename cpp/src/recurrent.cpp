@@ -58,6 +58,9 @@ class RecurrentLayer final : public Layer<T> {
                                   ", num_layers=" + std::to_string(L_));
     G_ = checked_mul(H_, kind_ == CellKind::lstm ? 4 : kind_ == CellKind::gru ? 3 : 1);
     const std::string p = std::to_string(index) + ".";
+    // L stacked cells of four Params (objects, names and shapes, small buffers: ~2 KiB a cell
+    // even when H = 1), checked before they are built: num_layers=10**7 would need ~20 GB.
+    check_available_memory(std::size_t(checked_mul(L_, index_t(4 * (sizeof(Param<T>) + 512)))));
     w_ih_.resize(std::size_t(L_));
     w_hh_.resize(std::size_t(L_));
     b_ih_.resize(std::size_t(L_));

@@ -21,6 +21,7 @@ namespace {
 template <class T> struct ExpConst;
 template <> struct ExpConst<float> {
   using I = std::int32_t;
+  using U = std::uint32_t;
   static constexpr float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   static constexpr float log2e = 1.44269504088896341f;
   static constexpr float ln2_hi = 0.693359375f;
@@ -31,6 +32,7 @@ template <> struct ExpConst<float> {
 };
 template <> struct ExpConst<double> {
   using I = std::int64_t;
+  using U = std::uint64_t;
   static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
   static constexpr double log2e = 1.44269504088896338700e+00;
   static constexpr double ln2_hi = 6.93147180369123816490e-01;
@@ -56,12 +58,14 @@ struct Horner<T, D, D> {
   static T eval(T) { return T(inv_factorial(D)); }
 };
 
-// 2^m for an integer-valued m within the normal exponent range.
+// 2^m for an integer-valued m within the normal exponent range. Unsigned arithmetic: a NaN input
+// reaches here with a meaningless m (its result is NaN times these bits, still NaN), and shifting
+// that m as a signed value would be undefined behaviour (UBSan: left shift of negative value).
 template <class T>
 inline T pow2i(typename ExpConst<T>::I m) {
   using C = ExpConst<T>;
-  using I = typename C::I;
-  return __builtin_bit_cast(T, I((m + C::bias) << C::mant));
+  using U = typename C::U;
+  return __builtin_bit_cast(T, U((U(m) + U(C::bias)) << C::mant));
 }
 
 // x = n ln2 + r; returns expm1(r) = r + r^2/2! + ... + r^d/d! and sets n.

@@ -17,6 +17,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace chainrule;
@@ -222,6 +223,55 @@ void test_network_learns_xor_and_reproduces() {
   check(w1 == w2, "the same seed reproduces the weights bit for bit");
 }
 
+void test_buffer_moves() {
+  Buffer<float> a(100);
+  a[99] = 1.f;
+  const float* data = a.data();
+  Buffer<float> b(std::move(a));
+  a.resize(50);  // the moved-from buffer allocates afresh (it used to zero-fill through null)
+  check(a.size() == 50 && a.data() != nullptr && a[49] == 0.f, "a moved-from Buffer is reusable");
+  b.resize(80);  // within the capacity it took over: no new allocation
+  check(b.data() == data && b.capacity_bytes() == 100 * sizeof(float),
+        "a moved-to Buffer keeps the capacity");
+  Buffer<float> c(10), d(200);
+  std::swap(c, d);  // as recurrent backward swaps its gradient buffers
+  check(c.capacity_bytes() == 200 * sizeof(float) && d.capacity_bytes() == 10 * sizeof(float),
+        "std::swap exchanges capacities");
+}
+
+void test_failed_forward_leaves_no_tape() {
+  // dense -> rnn -> dense; a forward that fails in the rnn (a wrong initial state) has already
+  // overwritten the first activations with the new batch: backward must refuse, not mix batches.
+  std::vector<LayerSpec> layers(3);
+  layers[0].kind = "dense"; layers[0].in_features = 2; layers[0].out_features = 3;
+  layers[1].kind = "rnn"; layers[1].in_features = 3; layers[1].out_features = 4;
+  layers[2].kind = "dense"; layers[2].in_features = 4; layers[2].out_features = 1;
+  Network<double> net(layers, 2, LossConfig{}, OptimizerConfig{}, 1);
+  std::vector<double> x4(4 * 5 * 2, 0.5), x6(6 * 5 * 2, -0.5), y4(4 * 5, 1.0), h0(7, 0.0);
+  net.forward(x4.data(), 4, 5);
+  net.set_initial_state(1, h0.data(), index_t(h0.size()), nullptr, 0);  // needs 1 x 6 x 4
+  bool threw = false;
+  try { net.forward(x6.data(), 6, 5); } catch (const std::invalid_argument&) { threw = true; }
+  check(threw, "a forward with a wrong initial state throws");
+  threw = false;
+  try { net.backward_loss(y4.data(), nullptr); } catch (const std::logic_error&) { threw = true; }
+  check(threw, "backward after a failed forward throws instead of reading a mixed tape");
+  net.set_initial_state(1, nullptr, 0, nullptr, 0);
+  net.forward(x4.data(), 4, 5);
+  check(std::isfinite(net.backward_loss(y4.data(), nullptr)), "a new forward makes a new tape");
+}
+
+void test_out_of_memory() {
+  if (available_memory() == 0) return;  // not Linux: nothing to compare with
+  bool refused = false;
+  try {
+    Buffer<float> b(index_t(1) << 50);  // 4 PiB
+  } catch (const OutOfMemory& e) {
+    refused = std::string(e.what()).find("available") != std::string::npos;
+  }
+  check(refused, "a 4 PiB Buffer is refused with OutOfMemory before malloc");
+}
+
 void test_rng() {
   Rng a(42), b(42);
   bool same = true, in_range = true;
@@ -245,6 +295,9 @@ int main() {
   test_thread_pool();
   test_network_learns_xor_and_reproduces();
   test_rng();
+  test_buffer_moves();
+  test_failed_forward_leaves_no_tape();
+  test_out_of_memory();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -57,10 +57,31 @@ def check_array(x: Any, dtype: "np.typing.DTypeLike", *, name: str = "X",
     if not allow_empty and a.ndim >= 2 and 0 in a.shape[1:]:
         raise ValueError(f"Found array with 0 feature(s) (shape={a.shape}) while a minimum of 1 "
                          f"is required.")
+    _check_copy_fits(a, dtype, name)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: caught below
         out = np.ascontiguousarray(a, dtype=dtype)
     _check_finite(out, name, a.dtype)
     return out
+
+
+def _check_copy_fits(a: np.ndarray, dtype: Any, name: str) -> None:
+    """MemoryError before converting a when the copy cannot fit in the memory available.
+
+    A broadcast view of a terabyte costs its caller nothing; on an overcommitting kernel NumPy
+    would get the memory for its copy, and filling it would wake the OOM killer.
+    """
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return  # no copy
+    need = a.size * np.dtype(dtype).itemsize
+    if need < 64 << 20:
+        return
+    from . import _core
+
+    avail = int(_core.available_memory())
+    if avail and need + (64 << 20) > avail:
+        raise MemoryError(f"{name} of shape {a.shape} needs {need / 2**30:.3g} GiB as a "
+                          f"contiguous {np.dtype(dtype).name} array, but only "
+                          f"{avail / 2**30:.3g} GiB of memory is available")
 
 
 def _check_finite(a: np.ndarray, name: str, source_dtype: np.dtype) -> None:

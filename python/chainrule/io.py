@@ -132,7 +132,7 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise HeaderError(f"tensor {name!r}: entry must have dtype, shape and data_offsets")
         code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in _DTYPES:
+        if not isinstance(code, str) or code not in _DTYPES:  # a list would be unhashable
             raise HeaderError(f"tensor {name!r}: dtype {code!r} is not one a model uses "
                               f"({sorted(_DTYPES)})")
         if (not isinstance(shape, list) or len(shape) > 8 or
@@ -170,12 +170,27 @@ def _validate_tensors(header: Dict[str, Any], data_len: int) -> List[Tuple[str, 
     return out
 
 
+def _param_count(spec: Dict[str, Any]) -> int:
+    """Parameters of one layer as the core builds it (PyTorch's shapes), from its spec."""
+    kind, bias = spec.get("kind"), bool(spec.get("bias", True))
+    if kind == "dense":
+        i, o = spec["in_features"], spec["out_features"]
+        return o * i + (o if bias else 0)
+    if kind in ("rnn", "lstm", "gru"):
+        i, h, cells = spec["in_features"], spec["out_features"], spec["num_layers"]
+        g = h * {"rnn": 1, "lstm": 4, "gru": 3}[kind]  # gate rows
+        b = 2 * g if bias else 0
+        return (g * (i + h) + b) + (cells - 1) * (g * 2 * h + b)  # cell 0, then cells on H inputs
+    return 0
+
+
 def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
     """Refuses layer sizes the file's tensors cannot hold, before anything is allocated.
 
-    A layer has at least as many parameters as the product of its sizes (Dense: in x out), so
-    a config asking for more than the file holds is damaged or forged; building it first would let
-    a file of a few hundred bytes make the model allocate and zero gigabytes.
+    The architecture's parameter count (every weight and bias of every stacked cell, computed in
+    Python integers) must fit in the parameters the file holds; a config asking for more is
+    damaged or forged, and building it first would let a file of a few hundred bytes make the
+    model allocate and zero gigabytes.
     """
     from .layers import layer_from_config
 
@@ -188,13 +203,15 @@ def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
                 break
     if f is None:
         return  # not built on load, so nothing is allocated
+    from ._validation import check_positive_int
+    f = check_positive_int("in_features", f)  # int(inf) would be an OverflowError
+    total = 0
     for i, layer in enumerate(layers):
-        sizes = [v for k, v in layer.spec(int(f)).items()
-                 if k.endswith(("features", "_size")) and isinstance(v, int)]
-        if sizes and math.prod(sizes) > n_params:
+        total += _param_count(layer.spec(f))
+        if total > n_params:
             raise ValueError(f"layer {i} ({layer!r} on {f} features) needs more parameters than "
                              f"the {n_params} the file holds")
-        f = layer.output_features(int(f))
+        f = layer.output_features(f)
 
 
 def from_bytes(data: bytes) -> Any:

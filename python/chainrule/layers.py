@@ -22,6 +22,8 @@ def _check_size(name: str, value: Any, *, allow_none: bool = False) -> Optional[
     v = int(value.__index__())
     if v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v}")
+    if v >= 2 ** 63:  # the core's sizes are 64-bit: the binding would fail with RuntimeError
+        raise ValueError(f"{name} must be less than 2**63, got {v}")
     return v
 
 

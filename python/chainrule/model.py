@@ -309,7 +309,13 @@ class Model:
                 f"optimizer={self._optimizer!r}, dtype={self.dtype.name}\n)")
 
     # ------------------------------------------------------------------ input handling
-    def _check_X(self, X: ArrayLike, name: str = "X") -> Tuple[np.ndarray, int]:
+    def _check_X(self, X: ArrayLike, name: str = "X",
+                 rows: Optional[int] = None) -> Tuple[np.ndarray, int]:
+        """X as a C-contiguous array of the model's dtype, and its time length (0: none).
+
+        rows: how many samples' activations the caller holds at once (None: all of them, as
+        forward does; fit holds a batch, predict a chunk).
+        """
         ndims = self._input_ndims()
         raw = as_numeric(X, name)
         if ndims == (3,) and raw.ndim == 2:
@@ -319,6 +325,7 @@ class Model:
         if raw.ndim == 3 and raw.shape[0] > 0 and raw.shape[1] == 0:
             raise ValueError(f"{name} holds sequences of length 0 (shape={raw.shape}); a sequence "
                              "needs at least one time step")
+        self._check_memory(raw, name, rows)
         x = check_array(raw, self.dtype, name=name, ndims=ndims)
         features = x.shape[-1]
         if self._net is None:
@@ -328,6 +335,35 @@ class Model:
                              f"{self._in_features} features as input.")
         time = x.shape[1] if x.ndim == 3 else 0
         return x, time
+
+    def _check_memory(self, raw: np.ndarray, name: str, rows: Optional[int]) -> None:
+        """MemoryError before X is converted, when X and the activations of `rows` samples
+        cannot fit in the memory available: a broadcast view of (1, 10**9, 1) costs its caller
+        nothing, but its copy and a forward through it would take gigabytes (the core refuses
+        too, but only after the copy)."""
+        if raw.ndim not in (2, 3) or 0 in raw.shape:
+            return  # check_array says what is wrong with it
+        n, time, f = raw.shape[0], raw.shape[1] if raw.ndim == 3 else 1, raw.shape[-1]
+        per_sample = time * f  # elements at every layer boundary, plus recurrent states
+        try:
+            for layer in self._layers:
+                f = layer.output_features(f)
+                if isinstance(layer, _Recurrent):
+                    gates = {"LSTM": 4, "GRU": 3}.get(type(layer).__name__, 1)
+                    per_sample += time * f * (gates + 2) * layer.num_layers
+                    time = time if layer.return_sequences else 1
+                per_sample += time * f
+        except ValueError:
+            return  # sizes that do not chain: building the network says so
+        held = n if rows is None else min(n, rows)
+        need = (raw.size + held * per_sample) * self.dtype.itemsize
+        avail = int(_core.available_memory()) if need >= 64 << 20 else 0
+        if avail and need + (64 << 20) > avail:
+            raise MemoryError(
+                f"{name} of shape {raw.shape} needs about {need / 2**30:.3g} GiB (a "
+                f"{self.dtype.name} copy of it and the activations of {held} sample(s)), but only "
+                f"{avail / 2**30:.3g} GiB of memory is available; pass fewer or shorter "
+                "sequences at a time, or a smaller batch_size")
 
     def _input_ndims(self) -> Tuple[int, ...]:
         return (3,) if self._recurrent_indices() else (2, 3)
@@ -406,6 +442,9 @@ class Model:
         x, time = self._check_X(X)
         self._apply_bptt_memory(bptt_memory)
         self._apply_initial_state(initial_state, len(x))
+        # A forward that fails in the core leaves no tape there (not half of one): nor here.
+        self._last_out_shape = None
+        self._has_input_grad = False
         out = self._net.forward(x, x.shape[0], time)
         self._last_out_shape = self._output_shape(x.shape[0], time)
         self._has_input_grad = False
@@ -728,7 +767,9 @@ class Model:
             raise ValueError(f"grad_norm_warn_factor must be > 1, got {grad_norm_warn_factor!r}")
         if on_nonfinite not in _ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
-        x, time = self._check_X(X)
+        rows = (batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool)
+                else None)
+        x, time = self._check_X(X, rows=rows)
         out_shape = self._output_shape(x.shape[0], time)
         yf, yi = self._check_y(y, out_shape)
         batch = x.shape[0] if batch_size is None else check_positive_int("batch_size", batch_size)
@@ -744,7 +785,7 @@ class Model:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            xv, tv = self._check_X(validation_data[0], name="X_val")
+            xv, tv = self._check_X(validation_data[0], name="X_val", rows=1)
             val = (xv, tv) + self._check_y(validation_data[1], self._output_shape(len(xv), tv))
         elif validation_split:
             vs = float(validation_split)
@@ -821,7 +862,7 @@ class Model:
                     if not per_epoch:
                         history.extend(logs_cols)
                         break
-                    logs = {k: float(v[0]) for k, v in logs_cols.items()}
+                    logs = {k: float(v[0]) for k, v in logs_cols.items() if len(v)}
                     if logs and val is not None:
                         logs.update(self._evaluate_arrays(*val, prefix="val_"))
                     if logs:
@@ -875,7 +916,7 @@ class Model:
         Thread-safe: many threads may predict on one model at once.
         """
         self._require_net()
-        x, time = self._check_X(X)
+        x, time = self._check_X(X, rows=1)  # predicted in chunks
         return self._net.predict(x, len(x), time).reshape(self._output_shape(len(x), time))
 
     @_shared
@@ -912,7 +953,7 @@ class Model:
         """Loss and metric on (X, y): ``{"loss", "accuracy"}`` for classifiers, ``{"loss", "r2"}``
         for regression (R² averaged over outputs, as scikit-learn's r2_score)."""
         self._require_net()
-        x, time = self._check_X(X)
+        x, time = self._check_X(X, rows=1)  # predicted in chunks
         yf, yi = self._check_y(y, self._output_shape(len(x), time))
         return self._evaluate_arrays(x, time, yf, yi)
 
@@ -961,7 +1002,7 @@ class Model:
                     optimizer=get_optimizer(config["optimizer"]), dtype=config["dtype"],
                     seed=config["seed"])
         if model._net is None and config.get("in_features") is not None:
-            model._build(int(config["in_features"]))
+            model._build(check_positive_int("in_features", config["in_features"]))
         return model
 
     @_shared

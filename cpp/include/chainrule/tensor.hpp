@@ -2,8 +2,11 @@
 // A view never owns; a Buffer owns and never shares. Sizes are index_t (signed 64-bit) so that
 // products of dimensions are checked for overflow before anything is allocated.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -11,6 +14,10 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#if defined(__SANITIZE_ADDRESS__)  // gcc -fsanitize=address (CMake: CHAINRULE_SANITIZE)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace chainrule {
 
@@ -34,7 +41,107 @@ inline index_t checked_mul(index_t a, index_t b) {
   return a * b;
 }
 
+// ---- memory the machine can back -----------------------------------------------------------
+// Linux overcommits: a huge malloc often succeeds, and the zero fill below then touches every page
+// until the OOM killer ends the process (or a neighbour). So requests are compared with the memory
+// available first, and refused with OutOfMemory (a std::bad_alloc; Python sees MemoryError).
+
+// std::bad_alloc with a message that says how much was asked for and how much there is.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(std::size_t requested, std::size_t available) {
+    std::snprintf(msg_, sizeof msg_,
+                  "cannot allocate %.3g GiB: only %.3g GiB of memory is available; use smaller "
+                  "batches, shorter sequences or smaller layers",
+                  double(requested) / 1073741824.0, double(available) / 1073741824.0);
+  }
+  const char* what() const noexcept override { return msg_; }
+
+ private:
+  char msg_[200];
+};
+
+namespace detail {
+
+inline std::size_t read_number(const char* path) {  // 0 when absent or not a number ("max")
+  std::FILE* f = std::fopen(path, "r");
+  if (!f) return 0;
+  unsigned long long v = 0;
+  if (std::fscanf(f, "%llu", &v) != 1) v = 0;
+  std::fclose(f);
+  return std::size_t(v);
+}
+
+}  // namespace detail
+
+// Bytes the process can still allocate and touch: MemAvailable + SwapFree, or less when the
+// cgroup (container) limit leaves less; 0 when unknown (then nothing is refused).
+inline std::size_t available_memory() {
+  std::size_t avail = 0;
+#if defined(__linux__)
+  if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[128];
+    unsigned long long kb = 0, mem = 0, swap = 0;
+    bool have_mem = false;
+    while (std::fgets(line, sizeof line, f)) {
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) { mem = kb; have_mem = true; }
+      else if (std::sscanf(line, "SwapFree: %llu kB", &kb) == 1) swap = kb;
+    }
+    std::fclose(f);
+    if (have_mem) avail = std::size_t((mem + swap) * 1024);
+  }
+  const std::size_t pairs[2][2] = {
+      {detail::read_number("/sys/fs/cgroup/memory.max"),
+       detail::read_number("/sys/fs/cgroup/memory.current")},
+      {detail::read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+       detail::read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes")}};
+  for (const auto& p : pairs)
+    if (p[0] > 0 && p[0] < (std::size_t(1) << 60))  // v1 says "unlimited" with a huge number
+      avail = std::min(avail ? avail : p[0], p[0] > p[1] ? p[0] - p[1] : 0);
+#endif
+  return avail;
+}
+
+// Throws OutOfMemory unless `bytes` more, plus 64 MiB of headroom, fit in the memory available.
+// Requests of 1 MiB or more are checked one by one; smaller ones once per 64 MiB of them (reading
+// /proc/meminfo takes ~10 us, a steady training loop allocates nothing).
+inline void check_available_memory(std::size_t bytes) {
+  constexpr std::size_t big = std::size_t(1) << 20, headroom = std::size_t(64) << 20;
+  static std::atomic<std::size_t> small_since_check{0};
+  std::size_t need = bytes;
+  if (bytes < big) {
+    if (small_since_check.fetch_add(bytes, std::memory_order_relaxed) + bytes < headroom) return;
+    small_since_check.store(0, std::memory_order_relaxed);
+    need = 0;  // the small ones together: is there still headroom?
+  }
+  const std::size_t avail = available_memory();
+  if (avail > 0 && (need > avail || avail - need < headroom)) throw OutOfMemory(bytes, avail);
+}
+
+namespace detail {
+
+// Marks bytes [p, p + n) unaddressable (poison) or addressable again for AddressSanitizer; no-ops
+// in other builds. A Buffer's allocation is rounded up to 64 bytes and kept when it shrinks, so
+// without this an access just past size() would land in memory ASan considers valid.
+inline void asan_poison(const void* p, std::size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  if (p && n) __asan_poison_memory_region(p, n);
+#else
+  (void)p, (void)n;
+#endif
+}
+inline void asan_unpoison(const void* p, std::size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  if (p && n) __asan_unpoison_memory_region(p, n);
+#else
+  (void)p, (void)n;
+#endif
+}
+
+}  // namespace detail
+
 // Owning, zero-initialised, 64-byte aligned array of T (one cache line, one zmm register).
+// Under ASan everything past size() is poisoned, so an off-by-one access is reported.
 template <class T>
 class Buffer {
  public:
@@ -45,9 +152,18 @@ class Buffer {
     if (this != &o) { resize(o.n_); if (n_) std::memcpy(p_, o.p_, bytes()); }
     return *this;
   }
-  Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  // A move takes the capacity along: a moved-from buffer must be empty with no capacity, or its
+  // next resize would "keep" an allocation it no longer has and zero-fill through a null pointer.
+  Buffer(Buffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)),
+        cap_(std::exchange(o.cap_, 0)) {}
   Buffer& operator=(Buffer&& o) noexcept {
-    if (this != &o) { release(); p_ = std::exchange(o.p_, nullptr); n_ = std::exchange(o.n_, 0); }
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+      cap_ = std::exchange(o.cap_, 0);
+    }
     return *this;
   }
   ~Buffer() { release(); }
@@ -60,11 +176,14 @@ class Buffer {
       const index_t max_elems = std::numeric_limits<index_t>::max() / index_t(sizeof(T)) - 64;
       if (n > max_elems) throw std::bad_alloc();
       std::size_t b = (std::size_t(n) * sizeof(T) + 63) / 64 * 64;
+      check_available_memory(b);
       p_ = static_cast<T*>(std::aligned_alloc(64, b));
       if (!p_) throw std::bad_alloc();
       cap_ = n;
     }
     n_ = n;
+    detail::asan_unpoison(p_, bytes());
+    detail::asan_poison(reinterpret_cast<char*>(p_) + bytes(), allocated_bytes() - bytes());
     if (n_) std::memset(static_cast<void*>(p_), 0, bytes());
   }
   // Resizes to n elements whose values are unspecified (the caller writes every one before it
@@ -76,6 +195,8 @@ class Buffer {
     }
     if (n < 0) throw std::invalid_argument("negative buffer size");
     n_ = n;
+    detail::asan_unpoison(p_, bytes());
+    detail::asan_poison(reinterpret_cast<char*>(p_) + bytes(), allocated_bytes() - bytes());
   }
   void fill_zero() { if (n_) std::memset(static_cast<void*>(p_), 0, bytes()); }
 
@@ -88,7 +209,12 @@ class Buffer {
   const T& operator[](index_t i) const { return p_[i]; }
 
  private:
-  void release() { std::free(p_); p_ = nullptr; n_ = 0; cap_ = 0; }
+  std::size_t allocated_bytes() const { return (std::size_t(cap_) * sizeof(T) + 63) / 64 * 64; }
+  void release() {
+    detail::asan_unpoison(p_, allocated_bytes());
+    std::free(p_);
+    p_ = nullptr; n_ = 0; cap_ = 0;
+  }
   T* p_ = nullptr;
   index_t n_ = 0;
   index_t cap_ = 0;
