@@ -116,6 +116,18 @@ py::dict stats_to_columns(const std::vector<EpochStats>& stats) {
   return d;
 }
 
+// A parameter's tensor by name: "value", "grad", or an optimizer buffer "buf", "buf2", "buf3".
+template <class T>
+Buffer<T>* param_buffer(Param<T>& p, const std::string& which) {
+  if (which == "value") return &p.value;
+  if (which == "grad") return &p.grad;
+  if (which == "buf") return &p.buf;
+  if (which == "buf2") return &p.buf2;
+  if (which == "buf3") return &p.buf3;
+  throw std::invalid_argument("unknown parameter buffer '" + which +
+                              "'; expected value, grad, buf, buf2 or buf3");
+}
+
 template <class T>
 void bind_one(py::module_& m, const char* name) {
   using Net = Network<T>;
@@ -147,8 +159,7 @@ void bind_one(py::module_& m, const char* name) {
       .def("get", [](Net& n, const std::string& name, const std::string& which) {
         std::shared_lock<std::shared_mutex> lock(n.mutex());
         Param<T>& p = n.param(name);
-        const Buffer<T>* b = which == "value" ? &p.value : which == "grad" ? &p.grad
-                            : which == "buf" ? &p.buf : which == "buf2" ? &p.buf2 : &p.buf3;
+        const Buffer<T>* b = param_buffer(p, which);
         if (b->size() == 0) return py::object(py::none());
         carray<T> out = new_array<T>(p.shape);
         std::memcpy(out.mutable_data(), b->data(), b->bytes());
@@ -159,11 +170,10 @@ void bind_one(py::module_& m, const char* name) {
         std::unique_lock<std::shared_mutex> lock(n.mutex(), std::try_to_lock);
         if (!lock.owns_lock()) throw Busy("this model is in use by another thread; wait for it to finish");
         Param<T>& p = n.param(name);
-        Buffer<T>* b = which == "value" ? &p.value : which == "grad" ? &p.grad
-                      : which == "buf" ? &p.buf : which == "buf2" ? &p.buf2 : &p.buf3;
-        if (b->size() != p.size()) b->resize(p.size());
+        Buffer<T>* b = param_buffer(p, which);
         if (a.size() != p.size())
           throw std::invalid_argument("size mismatch for " + name + ": got " + shape_str(a));
+        if (b->size() != p.size()) b->resize(p.size());  // an optimizer buffer not yet in use
         std::memcpy(b->data(), a.data(), b->bytes());
       }, py::arg("name"), py::arg("which"), py::arg("array").noconvert())
       .def("has_buf", [](Net& n, const std::string& name) { return n.param(name).has_buf; })
