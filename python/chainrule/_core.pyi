@@ -184,6 +184,9 @@ def gemm_supported_isas() -> List[str]:
     """The ISA paths this CPU supports."""
 def gemm_set_isa(name: str) -> None:
     """Switches the GEMM ISA path (tests run every one)."""
+def available_memory() -> int:
+    """Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the
+    cgroup limit); 0 when unknown."""
 def get_num_threads() -> int:
     """Threads the C++ core may use."""
 def set_num_threads(n: int) -> None:
