@@ -80,7 +80,15 @@ def activation(name: str, x, negative_slope: float = 0.01) -> np.ndarray:
             return _softmax(x)
         if name == "log_softmax":
             m = np.max(x, axis=-1, keepdims=True, initial=-np.inf)
-            return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+            e = np.exp(x - m)
+            finite = np.isfinite(m)
+            # The maximum contributes exactly 1: log1p of the others' sum is accurate to the last
+            # bits where log(1 + small) is not (the kernel computes it this way too).
+            if x.ndim >= 1 and x.shape[-1] > 0 and finite.all():
+                rest = e.copy()
+                np.put_along_axis(rest, np.argmax(x, axis=-1)[..., None], 0.0, axis=-1)
+                return x - m - np.log1p(np.sum(rest, axis=-1, keepdims=True))
+            return x - m - np.log(np.sum(e, axis=-1, keepdims=True))
     raise ValueError(name)
 
 

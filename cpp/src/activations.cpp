@@ -47,11 +47,23 @@ void softmax_rows(T* y, const T* x, index_t R, index_t C, bool log) {
     T* yr = y + r * C;
     T mx = -std::numeric_limits<T>::infinity();
     for (index_t c = 0; c < C; ++c) mx = std::max(mx, xr[c]);
-    if (!std::isfinite(mx)) mx = 0;  // all -inf (or +inf) rows: let the arithmetic say NaN/0
+    const bool finite = std::isfinite(mx);
+    if (!finite) mx = 0;  // all -inf (or +inf) rows: let the arithmetic say NaN/0
     T sum = 0;
     if (log) {
-      for (index_t c = 0; c < C; ++c) sum += vexp1(xr[c] - mx);
-      const T lse = std::log(sum);
+      // log sum_c e^{x_c - m} = log1p(sum over the others): the maximum contributes exactly 1, and
+      // log1p keeps the relative precision that log(1 + small) loses when one logit dominates.
+      T lse;
+      if (finite) {
+        index_t am = 0;
+        while (xr[am] != mx) ++am;
+        for (index_t c = 0; c < am; ++c) sum += vexp1(xr[c] - mx);
+        for (index_t c = am + 1; c < C; ++c) sum += vexp1(xr[c] - mx);
+        lse = std::log1p(sum);
+      } else {
+        for (index_t c = 0; c < C; ++c) sum += vexp1(xr[c] - mx);
+        lse = std::log(sum);
+      }
       for (index_t c = 0; c < C; ++c) yr[c] = (xr[c] - mx) - lse;
     } else {
       for (index_t c = 0; c < C; ++c) yr[c] = vexp1(xr[c] - mx);

@@ -46,9 +46,14 @@ T log_sum_exp_shifted(const T* x, index_t C, T& m) {
   m = -std::numeric_limits<T>::infinity();
   for (index_t c = 0; c < C; ++c) m = std::max(m, x[c]);
   if (!std::isfinite(m)) return T(0);  // -inf row: lse = -inf; inf/NaN: propagate through m
+  // The maximum contributes exactly 1: log1p of the others' sum keeps the relative precision
+  // of small losses (a confident, correct prediction), which log(1 + small) would lose.
+  index_t am = 0;
+  while (x[am] != m) ++am;
   T s = 0;
-  for (index_t c = 0; c < C; ++c) s += vexp1(x[c] - m);
-  return std::log(s);
+  for (index_t c = 0; c < am; ++c) s += vexp1(x[c] - m);
+  for (index_t c = am + 1; c < C; ++c) s += vexp1(x[c] - m);
+  return std::log1p(s);
 }
 
 template <class T>

@@ -850,10 +850,12 @@ class Model:
                         last = done - 1
                         where = (f"epoch {epoch + last + 1}, batch "
                                  f"{int(cols['nonfinite_batch'][last]) + 1}")
-                        msg = (f"non-finite loss or gradient ({cols['nonfinite_loss'][last]}) at "
-                               f"{where}; the weights are those of the last finite step. Lower the "
-                               "learning rate, scale the inputs, or clip the gradients "
-                               "(clip_grad_norm=...).")
+                        bad_loss = float(cols["nonfinite_loss"][last])
+                        what = (f"non-finite loss ({bad_loss})" if not np.isfinite(bad_loss) else
+                                f"non-finite gradient (the loss was {bad_loss:.6g})")
+                        msg = (f"{what} at {where}; the weights are those of the last finite "
+                               "step. Lower the learning rate, scale the inputs, or clip the "
+                               "gradients (clip_grad_norm=...).")
                         if on_nonfinite == "raise":
                             raise FloatingPointError(msg)
                         warnings.warn(msg, RuntimeWarning, stacklevel=2)
