@@ -308,20 +308,38 @@ void Network<T>::step() {
 template <class T>
 double Network<T>::clip_grad_norm(double max_norm, double norm_type, bool error_if_nonfinite) {
   ExclusiveUse use(mutex_);
-  std::vector<T*> g;
-  std::vector<index_t> n;
-  for (Param<T>* p : params_) { g.push_back(p->grad.data()); n.push_back(p->size()); }
-  return chainrule::clip_grad_norm(g.data(), n.data(), g.size(), max_norm, norm_type,
-                                   error_if_nonfinite);
+  return clip_norm_impl(max_norm, norm_type, error_if_nonfinite);
+}
+
+template <class T>
+double Network<T>::clip_norm_impl(double max_norm, double norm_type, bool error_if_nonfinite) {
+  gather_grads();
+  return chainrule::clip_grad_norm(grad_ptrs_.data(), grad_sizes_.data(), grad_ptrs_.size(),
+                                   max_norm, norm_type, error_if_nonfinite);
+}
+
+template <class T>
+void Network<T>::clip_value_impl(double clip_value) {
+  gather_grads();
+  chainrule::clip_grad_value(grad_ptrs_.data(), grad_sizes_.data(), grad_ptrs_.size(),
+                             clip_value);
+}
+
+template <class T>
+void Network<T>::gather_grads() {
+  // Member vectors: after the first call, the training loop allocates nothing here.
+  grad_ptrs_.clear();
+  grad_sizes_.clear();
+  for (Param<T>* p : params_) {
+    grad_ptrs_.push_back(p->grad.data());
+    grad_sizes_.push_back(p->size());
+  }
 }
 
 template <class T>
 void Network<T>::clip_grad_value(double clip_value) {
   ExclusiveUse use(mutex_);
-  std::vector<T*> g;
-  std::vector<index_t> n;
-  for (Param<T>* p : params_) { g.push_back(p->grad.data()); n.push_back(p->size()); }
-  chainrule::clip_grad_value(g.data(), n.data(), g.size(), clip_value);
+  clip_value_impl(clip_value);
 }
 
 template <class T>
@@ -390,21 +408,12 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     if (t_offset == 0) st.step_norm_count += 1;
   }
   if (opt.clip.max_norm > 0) {
-    std::vector<T*> gp;
-    std::vector<index_t> gn;
-    for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
     const double norm =
-        chainrule::clip_grad_norm(gp.data(), gn.data(), gp.size(), opt.clip.max_norm,
-                                  opt.clip.norm_type, opt.clip.error_if_nonfinite);
+        clip_norm_impl(opt.clip.max_norm, opt.clip.norm_type, opt.clip.error_if_nonfinite);
     st.grad_norm_max = std::max(st.grad_norm_max, norm);
     st.grad_norm_sum += norm;
   }
-  if (opt.clip.clip_value > 0) {
-    std::vector<T*> gp;
-    std::vector<index_t> gn;
-    for (Param<T>* p : params_) { gp.push_back(p->grad.data()); gn.push_back(p->size()); }
-    chainrule::clip_grad_value(gp.data(), gn.data(), gp.size(), opt.clip.clip_value);
-  }
+  if (opt.clip.clip_value > 0) clip_value_impl(opt.clip.clip_value);
   step_impl();
   st.loss_sum += loss * double(bs);
   st.samples += bs;

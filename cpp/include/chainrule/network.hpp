@@ -235,6 +235,9 @@ class Network {
   void backward_impl(const T* grad_output, bool need_input_grad);
   void step_impl();
   void set_optimizer_impl(OptimizerConfig opt);
+  double clip_norm_impl(double max_norm, double norm_type, bool error_if_nonfinite);
+  void clip_value_impl(double clip_value);
+  void gather_grads();  // fills grad_ptrs_ / grad_sizes_ for the clipping kernels
   void clear_initial_states();
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
@@ -253,6 +256,8 @@ class Network {
   Buffer<T> g0_, g1_, dx_;
   Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
   std::vector<std::int64_t> yib_, yic_, perm_;
+  std::vector<T*> grad_ptrs_;
+  std::vector<index_t> grad_sizes_;
 
   BpttMemory bptt_memory_ = BpttMemory::all;
   std::size_t bptt_budget_ = 0;
