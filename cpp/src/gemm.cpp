@@ -19,19 +19,22 @@ namespace chainrule {
 
 // ---------------------------------------------------------------------------------------------
 // Block sizes, in elements, one table for float and double. What each block keeps in cache
-// (1 MiB L2 and 48 KiB L1d per core, 32 MiB L3 shared):
-//   KC: depth of a packed panel. One kc x NR micro-panel of B (8 KiB, float or double) and one
-//       MR x kc micro-panel of A (4 / 8 KiB) stay in L1 while a micro-kernel runs.
-//   MC: rows of the packed A block, mc x kc = 256 KiB float / 512 KiB double: stays in L2 while
-//       every micro-panel of the B panel streams past it.
-//   NC: columns of the packed B panel, kc x nc = 4 MiB float / 8 MiB double: stays in L3 while
+// (the CI machines are Zen 4: 32 KiB L1d and 1 MiB L2 per core, 32 MiB L3 shared):
+//   KC: depth of a packed panel, and how often the C tile is read and written back: once per KC
+//       of depth. At KC = 512 a kc x NR micro-panel of B (64 KiB) is read from L2 rather than L1,
+//       which the kernels absorb (one 128-byte B row per 16 or 28 FMAs), while halving the C
+//       traffic of KC = 256 measured 4-8 % faster at n = 2048, float and double, one thread
+//       (CPU time), and within the noise at the training shapes of bench/.
+//   MC: rows of the packed A block, mc x kc = 512 KiB float / 1 MiB double: streamed from L2
+//       while every micro-panel of the B panel passes it.
+//   NC: columns of the packed B panel, kc x nc = 8 MiB float / 16 MiB double: stays in L3 while
 //       all of A streams through L2.
 // Any positive sizes are correct (the driver handles partial blocks); tests shrink them to reach
 // every edge with small matrices. The three values are separate atomics: a reader racing a writer
 // can see a mix of old and new sizes, which is still a valid table.
 namespace {
 constexpr index_t kDefaultMC = 256;
-constexpr index_t kDefaultKC = 256;
+constexpr index_t kDefaultKC = 512;
 constexpr index_t kDefaultNC = 4096;
 std::atomic<index_t> g_mc{kDefaultMC};
 std::atomic<index_t> g_kc{kDefaultKC};
@@ -126,22 +129,25 @@ struct KernelTable {
   MicroKernel<double> f64, f64_short;
 };
 
-constexpr KernelTable kBaseline{"baseline",
-                                {4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"},
-                                {4, 8, &ukernel_generic_f32_4x8, "generic_f32_4x8"},
-                                {4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"},
-                                {4, 4, &ukernel_generic_f64_4x4, "generic_f64_4x4"}};
+constexpr KernelTable kBaseline{
+    "baseline",
+    {4, 8, &ukernel_generic_f32_4x8, &pack_panels<float>, "generic_f32_4x8"},
+    {4, 8, &ukernel_generic_f32_4x8, &pack_panels<float>, "generic_f32_4x8"},
+    {4, 4, &ukernel_generic_f64_4x4, &pack_panels<double>, "generic_f64_4x4"},
+    {4, 4, &ukernel_generic_f64_4x4, &pack_panels<double>, "generic_f64_4x4"}};
 #if CHAINRULE_X86_KERNELS
-constexpr KernelTable kAvx2{"avx2",
-                            {6, 16, &isa_v3::ukernel_avx2_f32_6x16, "avx2_f32_6x16"},
-                            {6, 16, &isa_v3::ukernel_avx2_f32_6x16, "avx2_f32_6x16"},
-                            {6, 8, &isa_v3::ukernel_avx2_f64_6x8, "avx2_f64_6x8"},
-                            {6, 8, &isa_v3::ukernel_avx2_f64_6x8, "avx2_f64_6x8"}};
-constexpr KernelTable kAvx512{"avx512",
-                              {14, 32, &isa_v4::ukernel_avx512_f32_14x32, "avx512_f32_14x32"},
-                              {8, 32, &isa_v4::ukernel_avx512_f32_8x32, "avx512_f32_8x32"},
-                              {14, 16, &isa_v4::ukernel_avx512_f64_14x16, "avx512_f64_14x16"},
-                              {8, 16, &isa_v4::ukernel_avx512_f64_8x16, "avx512_f64_8x16"}};
+constexpr KernelTable kAvx2{
+    "avx2",
+    {6, 16, &isa_v3::ukernel_avx2_f32_6x16, &isa_v3::pack_panels_f32, "avx2_f32_6x16"},
+    {6, 16, &isa_v3::ukernel_avx2_f32_6x16, &isa_v3::pack_panels_f32, "avx2_f32_6x16"},
+    {6, 8, &isa_v3::ukernel_avx2_f64_6x8, &isa_v3::pack_panels_f64, "avx2_f64_6x8"},
+    {6, 8, &isa_v3::ukernel_avx2_f64_6x8, &isa_v3::pack_panels_f64, "avx2_f64_6x8"}};
+constexpr KernelTable kAvx512{
+    "avx512",
+    {14, 32, &isa_v4::ukernel_avx512_f32_14x32, &isa_v4::pack_panels_f32, "avx512_f32_14x32"},
+    {8, 32, &isa_v4::ukernel_avx512_f32_8x32, &isa_v4::pack_panels_f32, "avx512_f32_8x32"},
+    {14, 16, &isa_v4::ukernel_avx512_f64_14x16, &isa_v4::pack_panels_f64, "avx512_f64_14x16"},
+    {8, 16, &isa_v4::ukernel_avx512_f64_8x16, &isa_v4::pack_panels_f64, "avx512_f64_8x16"}};
 constexpr const KernelTable* kTables[] = {&kBaseline, &kAvx2, &kAvx512};
 #else
 constexpr const KernelTable* kTables[] = {&kBaseline};
@@ -311,13 +317,13 @@ void gemm_blocked(const MicroKernel<T>& uk, const GemmBlocking& blk, bool ta, bo
     // loop 4: pc over K in steps of KC (pack op(B)(pc:pc+kb, jc:jc+nb) into NR-wide panels)
     for (index_t pc = 0; pc < K; pc += kc) {
       const index_t kb = std::min(kc, K - pc);
-      pack_b(NR, tb, kb, nb, b_at(pc, jc), ldb, Bp);
+      pack_b(uk.pack, NR, tb, kb, nb, b_at(pc, jc), ldb, Bp);
       // The first depth block applies the caller's beta; later ones add onto the partial sums.
       const T beta_k = pc == 0 ? beta : T(1);
       // loop 3: ic over M in steps of MC (pack op(A)(ic:ic+mb, pc:pc+kb) into MR-tall panels, L2)
       for (index_t ic = 0; ic < M; ic += mc) {
         const index_t mb = std::min(mc, M - ic);
-        pack_a(MR, ta, mb, kb, a_at(ic, pc), lda, Ap);
+        pack_a(uk.pack, MR, ta, mb, kb, a_at(ic, pc), lda, Ap);
         // loop 2: jr over the panel's columns in steps of NR (one B micro-panel, in L1)
         for (index_t jr = 0; jr < nb; jr += NR) {
           const T* b = Bp + jr * kb;
@@ -422,7 +428,8 @@ void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t
         // loop 3: ic over this range's rows in steps of MC
         for (index_t ic = m0; ic < m1; ic += mc) {
           const index_t mb = std::min(mc, m1 - ic);
-          pack_a(MR, ta, mb, kb, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, Ap);
+          pack_a(uk.pack, MR, ta, mb, kb, ta ? A + pc * lda + ic : A + ic * lda + pc, lda,
+                 Ap);
           // loop 2: jr over this range's micro-panels; loop 1: ir over MR rows
           for (index_t jr = j_lo - jc; jr < j_hi - jc; jr += NR) {
             const index_t n = std::min(NR, nb - jr);
@@ -460,7 +467,8 @@ void PackedB<T>::pack(bool trans_b, index_t K, index_t N, const T* B, index_t ld
     const index_t nb = std::min(nc_, N - jc);
     for (index_t pc = 0; pc < K; pc += kc_) {
       const index_t kb = std::min(kc_, K - pc);
-      pack_b(uk.nr, trans_b, kb, nb, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, dst);
+      pack_b(uk.pack, uk.nr, trans_b, kb, nb, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc,
+             ldb, dst);
       dst += round_up(nb, uk.nr) * kb;
     }
   }

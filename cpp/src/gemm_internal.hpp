@@ -18,22 +18,29 @@ template <class T>
 void pack_panels(index_t w, index_t rows, index_t depth, const T* X, index_t rs, index_t cs,
                  T* dst);
 
+// A packing routine with pack_panels' contract; each ISA path brings its own (SIMD transposes).
+template <class T>
+using PackFn = void (*)(index_t w, index_t rows, index_t depth, const T* X, index_t rs,
+                        index_t cs, T* dst);
+
 // op(A) (mb, kb) block at A, as stored row-major with leading dimension lda
 // (trans_a: A is stored (kb, mb)) -> MR-tall micro-panels.
 template <class T>
-void pack_a(index_t mr, bool trans_a, index_t mb, index_t kb, const T* A, index_t lda, T* dst) {
+void pack_a(PackFn<T> pack, index_t mr, bool trans_a, index_t mb, index_t kb, const T* A,
+            index_t lda, T* dst) {
   // op(A)(i, k) = trans_a ? A[k * lda + i] : A[i * lda + k]
-  if (trans_a) pack_panels(mr, mb, kb, A, index_t(1), lda, dst);
-  else pack_panels(mr, mb, kb, A, lda, index_t(1), dst);
+  if (trans_a) pack(mr, mb, kb, A, index_t(1), lda, dst);
+  else pack(mr, mb, kb, A, lda, index_t(1), dst);
 }
 
 // op(B) (kb, nb) block at B (trans_b: B is stored (nb, kb)) -> NR-wide micro-panels.
 // This packs op(B)^T (nb, kb) into panels of NR of its rows, which is the same layout.
 template <class T>
-void pack_b(index_t nr, bool trans_b, index_t kb, index_t nb, const T* B, index_t ldb, T* dst) {
+void pack_b(PackFn<T> pack, index_t nr, bool trans_b, index_t kb, index_t nb, const T* B,
+            index_t ldb, T* dst) {
   // op(B)(k, j) = trans_b ? B[j * ldb + k] : B[k * ldb + j]
-  if (trans_b) pack_panels(nr, nb, kb, B, ldb, index_t(1), dst);
-  else pack_panels(nr, nb, kb, B, index_t(1), ldb, dst);
+  if (trans_b) pack(nr, nb, kb, B, ldb, index_t(1), dst);
+  else pack(nr, nb, kb, B, index_t(1), ldb, dst);
 }
 
 // A micro-kernel: C (m, n) tile at c with row stride ldc, m <= MR, n <= NR:
@@ -50,6 +57,7 @@ struct MicroKernel {
   index_t mr;
   index_t nr;
   Ukernel<T> run;
+  PackFn<T> pack;  // packs both operands for this kernel's path
   const char* name;
 };
 
@@ -63,13 +71,22 @@ void ukernel_generic_f64_4x4(index_t kc, double alpha, const double* a, const do
 
 #if CHAINRULE_X86_KERNELS
 // ISA-specific kernels, each in a file compiled for its target (cpp/src/kernels/).
+// Packing with SIMD transposes (kernels/pack_x86.cpp, compiled once per target).
 namespace isa_v3 {
+void pack_panels_f32(index_t w, index_t rows, index_t depth, const float* X, index_t rs,
+                     index_t cs, float* dst);
+void pack_panels_f64(index_t w, index_t rows, index_t depth, const double* X, index_t rs,
+                     index_t cs, double* dst);
 void ukernel_avx2_f32_6x16(index_t kc, float alpha, const float* a, const float* b, float beta,
                            float* c, index_t ldc, index_t m, index_t n);
 void ukernel_avx2_f64_6x8(index_t kc, double alpha, const double* a, const double* b,
                           double beta, double* c, index_t ldc, index_t m, index_t n);
 }  // namespace isa_v3
 namespace isa_v4 {
+void pack_panels_f32(index_t w, index_t rows, index_t depth, const float* X, index_t rs,
+                     index_t cs, float* dst);
+void pack_panels_f64(index_t w, index_t rows, index_t depth, const double* X, index_t rs,
+                     index_t cs, double* dst);
 void ukernel_avx512_f32_14x32(index_t kc, float alpha, const float* a, const float* b,
                               float beta, float* c, index_t ldc, index_t m, index_t n);
 void ukernel_avx512_f64_14x16(index_t kc, double alpha, const double* a, const double* b,
