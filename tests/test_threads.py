@@ -49,6 +49,28 @@ def test_training_same_bits_for_1_2_3_threads():
             assert np.array_equal(sd[k], results[0][0][k]), k
 
 
+@pytest.mark.parametrize("optimizer", [
+    lambda: cr.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda: cr.Adam(lr=1e-3, weight_decay=1e-2, amsgrad=True),
+])
+def test_large_parameters_update_in_slices_with_the_same_bits(optimizer):
+    """Parameters of more than 32K elements are zeroed, checked and updated in slices on the
+    pool; the weights after training are the same bits for any thread count."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((64, 300)).astype(np.float32)
+    y = rng.standard_normal((64, 7)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        cr.set_num_threads(threads)
+        m = cr.Model([cr.Dense(300, 333), cr.Tanh(), cr.Dense(333, 7)], loss="mse",
+                     optimizer=optimizer(), seed=5)
+        m.fit(X, y, epochs=2, batch_size=16, shuffle=False)
+        results.append(m.state_dict())
+    for sd in results[1:]:
+        for k in sd:
+            assert np.array_equal(sd[k], results[0][k]), k
+
+
 def test_set_num_threads_validates():
     with pytest.raises(ValueError):
         cr.set_num_threads(0)

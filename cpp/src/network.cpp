@@ -3,6 +3,7 @@
 #include "chainrule/network.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,6 +13,7 @@
 
 #include "chainrule/clip.hpp"
 #include "chainrule/recurrent.hpp"
+#include "chainrule/threads.hpp"
 #include "layers.hpp"
 
 namespace chainrule {
@@ -76,6 +78,36 @@ void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf
   st.counted += rows * C;
 }
 
+// Runs f(lo, hi) over [0, n) in a few 64-byte-aligned slices on the thread pool once n is large
+// enough to pay for the hand-off (a wide layer's weight: 1M elements), else in one call. The
+// passes over every parameter per training step (zeroing the gradients, the finiteness check,
+// the optimizer update) are memory-bound and otherwise run on one core while the others wait.
+// Every slice gets the same elementwise arithmetic, so the result is the same for any split.
+template <class F>
+void for_slices(index_t n, F&& f) {
+  constexpr index_t kGrain = index_t(1) << 15;  // elements per slice, at least
+  const index_t parts = std::min<index_t>(get_num_threads(), n / kGrain);
+  if (parts <= 1) {
+    if (n > 0) f(index_t(0), n);
+    return;
+  }
+  const index_t per = ((n + parts - 1) / parts + 15) / 16 * 16;
+  parallel_for(int((n + per - 1) / per), [&](int t) {
+    const index_t lo = index_t(t) * per;
+    f(lo, std::min(n, lo + per));
+  });
+}
+
+template <class T>
+void zero_grads(const std::vector<Param<T>*>& params) {
+  for (Param<T>* p : params) {
+    T* g = p->grad.data();
+    for_slices(p->size(), [g](index_t lo, index_t hi) {
+      std::memset(static_cast<void*>(g + lo), 0, std::size_t(hi - lo) * sizeof(T));
+    });
+  }
+}
+
 template <class T>
 bool all_finite(const std::vector<Param<T>*>& params) {
   // A value is NaN or inf exactly when its exponent bits are all ones. Testing the bits with an
@@ -85,12 +117,16 @@ bool all_finite(const std::vector<Param<T>*>& params) {
   constexpr U exp_mask = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
   for (const Param<T>* p : params) {
     const T* g = p->grad.data();
-    U bad = 0;
-    for (index_t i = 0; i < p->size(); ++i) {
-      const U bits = __builtin_bit_cast(U, g[i]);
-      bad |= U((bits & exp_mask) == exp_mask);
-    }
-    if (bad) return false;
+    std::atomic<bool> bad{false};
+    for_slices(p->size(), [g, &bad](index_t lo, index_t hi) {
+      U any = 0;
+      for (index_t i = lo; i < hi; ++i) {
+        const U bits = __builtin_bit_cast(U, g[i]);
+        any |= U((bits & exp_mask) == exp_mask);
+      }
+      if (any) bad.store(true, std::memory_order_relaxed);
+    });
+    if (bad.load(std::memory_order_relaxed)) return false;
   }
   return true;
 }
@@ -281,20 +317,28 @@ void Network<T>::backward_grad(const T* grad_output) {
 template <class T>
 void Network<T>::zero_grad() {
   ExclusiveUse use(mutex_);
-  for (Param<T>* p : params_) p->grad.fill_zero();
+  zero_grads(params_);
 }
 
 template <class T>
 void Network<T>::step_impl() {
   ++steps_;
   for (Param<T>* p : params_) {
+    // Elementwise updates: a slice of a parameter is updated exactly as the whole would be.
+    T *w = p->value.data(), *g = p->grad.data();
     if (opt_.kind == OptimizerConfig::Kind::sgd) {
-      sgd_step(p->value.data(), p->grad.data(), p->buf.size() ? p->buf.data() : nullptr, p->has_buf,
-               p->size(), opt_.sgd);
+      T* buf = p->buf.size() ? p->buf.data() : nullptr;
+      const bool has_buf = p->has_buf;
+      for_slices(p->size(), [&](index_t lo, index_t hi) {
+        sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
+      });
       p->has_buf = opt_.sgd.momentum != 0;
     } else {
-      adam_step(p->value.data(), p->grad.data(), p->buf.data(), p->buf2.data(),
-                p->buf3.size() ? p->buf3.data() : nullptr, steps_, p->size(), opt_.adam);
+      T *m = p->buf.data(), *v = p->buf2.data(), *vmax = p->buf3.size() ? p->buf3.data() : nullptr;
+      for_slices(p->size(), [&](index_t lo, index_t hi) {
+        adam_step(w + lo, g + lo, m + lo, v + lo, vmax ? vmax + lo : nullptr, steps_, hi - lo,
+                  opt_.adam);
+      });
     }
   }
 }
@@ -382,7 +426,7 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
   lossgrad_.resize_for_overwrite(acts_.back().size());
   const double loss =
       loss_and_grad(lossgrad_.data(), acts_.back().data(), yf, yi, bs, shapes_.back());
-  for (Param<T>* p : params_) p->grad.fill_zero();
+  zero_grads(params_);
   backward_impl(lossgrad_.data(), false);
   // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
   // then the weights stay those of the last finite step.
