@@ -134,3 +134,26 @@ def _train(dtype, optimizer, clip):
 def test_training_steps_agree_bitwise(dtype, optimizer, clip):
     results = _on_every_path(lambda: _train(dtype, optimizer(), clip))
     _assert_paths_agree(results, f"training {np.dtype(dtype).name} clip={clip}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ops.ACTIVATIONS)
+def test_large_activations_same_bits_on_one_and_two_threads(dtype, name):
+    # Large enough to be split over the thread pool (rows for softmax, elements otherwise), with
+    # piece boundaries that are not multiples of the vector widths' natural blocks.
+    before = cr.get_num_threads()
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((301, 517)) * 4).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    try:
+        out = {}
+        for threads in (1, 2):
+            cr.set_num_threads(threads)
+            y = ops.activation(name, x, negative_slope=0.2)
+            out[threads] = (y, ops.activation_backward(name, dy, x=x, y=y, negative_slope=0.2))
+    finally:
+        cr.set_num_threads(before)
+    for a, b in zip(out[1], out[2]):
+        assert _same_bits(a, b)
+    if name not in ("softmax", "log_softmax"):  # elementwise: any cut gives the same values
+        assert _same_bits(out[2][0][:, :5], ops.activation(name, x[:, :5], negative_slope=0.2))

@@ -3,8 +3,10 @@
 // row maximum first, so no exp overflows and every row of softmax sums to 1 within rounding.
 #include "chainrule/activations.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
+#include "chainrule/threads.hpp"
 #include "elementwise.hpp"
 
 namespace chainrule {
@@ -44,16 +46,76 @@ static_assert(int(Activation::identity) == elem::kIdentity && int(Activation::si
               int(Activation::log_softmax) == elem::kLogSoftmax,
               "Activation and elem::ActCode disagree");
 
+namespace {
+
+// Large blocks are split over the thread pool: each task runs the same kernel on a contiguous
+// range of whole rows (elementwise activations: of elements, cut at multiples of 64), so the
+// bits never depend on the thread count. Below kParallelWork (elements weighted by their cost:
+// an exp is about 8 simple operations) one thread does it all, as a hand-off would cost more.
+constexpr double kParallelWork = 131072;
+constexpr index_t kAlign = 64;
+
+bool row_wise(Activation a) { return a == Activation::softmax || a == Activation::log_softmax; }
+
+double cost(Activation a, bool backward) {
+  switch (a) {
+    case Activation::sigmoid:
+    case Activation::tanh: return backward ? 1 : 8;
+    case Activation::softmax: return backward ? 2 : 8;
+    case Activation::log_softmax: return 8;
+    default: return 1;
+  }
+}
+
+// run(begin, end) over [0, units), in at most get_num_threads() pieces of multiples of align.
+template <class F>
+void split(index_t units, index_t align, double work, const F& run) {
+  const int threads = work >= kParallelWork ? get_num_threads() : 1;
+  const index_t pieces = std::min<index_t>(threads, units / align);
+  if (pieces < 2) {
+    run(index_t(0), units);
+    return;
+  }
+  const index_t per = ((units + pieces - 1) / pieces + align - 1) / align * align;
+  parallel_for(int(pieces), [&](int t) {
+    const index_t begin = index_t(t) * per, end = std::min(units, begin + per);
+    if (begin < end) run(begin, end);
+  });
+}
+
+}  // namespace
+
 template <class T>
 void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T slope) {
-  checked_mul(R, C);
-  elem::ops<T>().act_forward(y, x, R, C, int(a), slope);
+  const index_t n = checked_mul(R, C);
+  const auto fwd = elem::ops<T>().act_forward;
+  const double work = double(n) * cost(a, false);
+  if (row_wise(a))
+    split(R, 1, work, [&](index_t r0, index_t r1) {
+      fwd(y + r0 * C, x + r0 * C, r1 - r0, C, int(a), slope);
+    });
+  else
+    split(n, kAlign, work, [&](index_t i0, index_t i1) {
+      fwd(y + i0, x + i0, 1, i1 - i0, int(a), slope);
+    });
 }
+
 template <class T>
 void activation_backward(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
                          Activation a, T slope) {
-  checked_mul(R, C);
-  elem::ops<T>().act_backward(dx, dy, x, y, R, C, int(a), slope);
+  const index_t n = checked_mul(R, C);
+  const auto bwd = elem::ops<T>().act_backward;
+  const double work = double(n) * cost(a, true);
+  // An activation reads x or y, not always both: a caller may pass nullptr for the other.
+  auto at = [](const T* p, index_t i) { return p ? p + i : p; };
+  if (row_wise(a))
+    split(R, 1, work, [&](index_t r0, index_t r1) {
+      bwd(dx + r0 * C, dy + r0 * C, at(x, r0 * C), at(y, r0 * C), r1 - r0, C, int(a), slope);
+    });
+  else
+    split(n, kAlign, work, [&](index_t i0, index_t i1) {
+      bwd(dx + i0, dy + i0, at(x, i0), at(y, i0), 1, i1 - i0, int(a), slope);
+    });
 }
 
 // The reference twins run the portable copy one element (softmax: one row) at a time, so that no
