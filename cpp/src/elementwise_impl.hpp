@@ -6,7 +6,8 @@
 // Same bits on every path: only IEEE operations that each vector lane performs exactly as a scalar
 // would (no contraction, no libm calls inside vectorised loops), and every reduction in a fixed
 // blocking of 16 lanes: lane j sums the terms i = j (mod 16) in order, then the lanes are added
-// left to right. With n <= 16 that is exactly the plain left-to-right sum.
+// left to right. With n <= 16 that is exactly the plain left-to-right sum (0 + t is t except for
+// t = -0, and a partial sum that starts at +0 is never -0), which short rows use directly.
 //
 // No STL and no inline function with external linkage here: everything the loops use lives in an
 // anonymous namespace (vmath.hpp included), so no copy compiled for a newer ISA can be picked by
@@ -45,6 +46,11 @@ template <class T> inline T neg_inf() { return -T(__builtin_inf()); }
 // sum_{i < n} term(i) in A, blocked in kLanes lanes (see the top of the file).
 template <class A, class F>
 inline A sum16(idx n, F term) {
+  if (n <= kLanes) {  // the same bits, without the lanes' set-up (short rows: class scores)
+    A s = A(0);
+    for (idx i = 0; i < n; ++i) s += term(i);
+    return s;
+  }
   A acc[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = A(0);
   idx i = 0;
@@ -56,10 +62,35 @@ inline A sum16(idx n, F term) {
   return s;
 }
 
+// sum over c != skip of e^{x_c - m}: the log-sum-exp of a row without its maximum's exact 1, as
+// sum16 with a zero term at skip. At the baseline (SSE2) short rows are scalar code, which skips
+// that term instead of computing and discarding an exp; the same bits (adding +0 to a sum that
+// is never -0 changes nothing). With AVX2 and up the select form is faster (gcc vectorises the
+// exps with masked tails).
+#if defined(__AVX2__)
+constexpr bool kSplitShortRows = false;
+#else
+constexpr bool kSplitShortRows = true;
+#endif
+template <class T>
+inline T sum_exp_except(const T* x, idx n, T m, idx skip) {
+  if (n > kLanes || !kSplitShortRows)
+    return sum16<T>(n, [&](idx c) { return c == skip ? T(0) : vexp1(x[c] - m); });
+  T s = T(0);
+  for (idx c = 0; c < skip; ++c) s += vexp1(x[c] - m);
+  for (idx c = skip + 1; c < n; ++c) s += vexp1(x[c] - m);
+  return s;
+}
+
 // max_ over x[0..n) from -inf, blocked likewise (max_ is exact; the blocking fixes which zero a
 // row of +0 and -0 gives). NaN elements are skipped, as std::max from -inf skips them.
 template <class T>
 inline T max16(const T* x, idx n) {
+  if (n <= kLanes) {  // the same result, as for sum16
+    T m = neg_inf<T>();
+    for (idx i = 0; i < n; ++i) m = max_(m, x[i]);
+    return m;
+  }
   T acc[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = neg_inf<T>();
   idx i = 0;
@@ -85,7 +116,7 @@ void softmax_row(T* y, const T* x, idx C, bool log) {
     if (finite) {
       idx am = 0;
       while (x[am] != m) ++am;
-      lse = log1p_(sum16<T>(C, [&](idx c) { return c == am ? T(0) : vexp1(x[c] - m); }));
+      lse = log1p_(sum_exp_except(x, C, m, am));
     } else {
       lse = log_(sum16<T>(C, [&](idx c) { return vexp1(x[c] - m); }));
     }
@@ -183,8 +214,7 @@ T log_sum_exp_shifted(const T* x, idx C, T& m) {
   // of small losses (a confident, correct prediction), which log(1 + small) would lose.
   idx am = 0;
   while (x[am] != m) ++am;
-  const T mm = m;
-  return log1p_(sum16<T>(C, [&](idx c) { return c == am ? T(0) : vexp1(x[c] - mm); }));
+  return log1p_(sum_exp_except(x, C, m, am));
 }
 
 template <class T>
