@@ -48,22 +48,25 @@ static_assert(int(Activation::identity) == elem::kIdentity && int(Activation::si
 
 namespace {
 
-// Large blocks are split over the thread pool: each task runs the same kernel on a contiguous
-// range of whole rows (elementwise activations: of elements, cut at multiples of 64), so the
-// bits never depend on the thread count. Below kParallelWork (elements weighted by their cost:
-// an exp is about 8 simple operations) one thread does it all, as a hand-off would cost more.
+// Large blocks of exp-bound work are split over the thread pool: each task runs the same kernel
+// on a contiguous range of whole rows (elementwise activations: of elements, cut at multiples of
+// 64), so the bits never depend on the thread count. Below kParallelWork (elements weighted by
+// their cost: an exp is about 8 simple operations) one thread does it all, as a hand-off would
+// cost more. The cheap maps (relu, the backward of tanh and sigmoid, ...) stay on one thread:
+// they are bound by memory, and a second thread measured slower for freshly allocated outputs
+// (both fault in pages).
 constexpr double kParallelWork = 131072;
 constexpr index_t kAlign = 64;
 
 bool row_wise(Activation a) { return a == Activation::softmax || a == Activation::log_softmax; }
 
-double cost(Activation a, bool backward) {
+double cost(Activation a, bool backward) {  // 0: never split
   switch (a) {
     case Activation::sigmoid:
-    case Activation::tanh: return backward ? 1 : 8;
-    case Activation::softmax: return backward ? 2 : 8;
+    case Activation::tanh:
+    case Activation::softmax: return backward ? 0 : 8;
     case Activation::log_softmax: return 8;
-    default: return 1;
+    default: return 0;
   }
 }
 
