@@ -82,6 +82,20 @@ inline T sum_exp_except(const T* x, idx n, T m, idx skip) {
   return s;
 }
 
+// 16 lanes as one GCC vector: each target splits it into what it has (4 SSE2, 2 AVX2 or 1 AVX-512
+// register for float); the operations are lane-wise IEEE operations, as in the scalar code. Used
+// where gcc's vectoriser gives up on the loop form (comparisons and selects of unrolled lanes).
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef double F64x16 __attribute__((vector_size(128)));
+template <class T> struct Vec16;
+template <> struct Vec16<float> { using type = F32x16; };
+template <> struct Vec16<double> { using type = F64x16; };
+
+// (Vectors pass by reference only: a by-value 64-byte vector would warn of an ABI that differs
+// between the targets, though nothing here crosses a call.)
+template <class T, class V>
+inline void load16(V& v, const T* x) { __builtin_memcpy(&v, x, sizeof v); }
+
 // max_ over x[0..n) from -inf, blocked likewise (max_ is exact; the blocking fixes which zero a
 // row of +0 and -0 gives). NaN elements are skipped, as std::max from -inf skips them.
 template <class T>
@@ -91,15 +105,39 @@ inline T max16(const T* x, idx n) {
     for (idx i = 0; i < n; ++i) m = max_(m, x[i]);
     return m;
   }
-  T acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = neg_inf<T>();
+  using V = typename Vec16<T>::type;
+  V acc = V{} + neg_inf<T>();
   idx i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] = max_(acc[j], x[i + j]);
+  for (; i + kLanes <= n; i += kLanes) {
+    V v;
+    load16(v, x + i);
+    acc = acc < v ? v : acc;  // max_ in every lane
+  }
   for (int j = 0; i + j < n; ++j) acc[j] = max_(acc[j], x[i + j]);
   T m = acc[0];
-  for (int j = 1; j < kLanes; ++j) m = max_(m, acc[j]);
+  for (int j = 1; j < kLanes; ++j) m = max_(m, T(acc[j]));
   return m;
+}
+
+// The first index i with x[i] == v (v is in x[0..n)). Whole blocks of 16 are compared at once;
+// the scalar scan then runs inside the block that has it.
+template <class T>
+inline idx first_equal(const T* x, idx n, T v) {
+  using V = typename Vec16<T>::type;
+  using Mask = decltype(V{} == V{});  // a signed integer vector: -1 where equal
+  constexpr int kWords = int(sizeof(Mask) / 8);
+  idx i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    V xv;
+    load16(xv, x + i);
+    const Mask eq = xv == (V{} + v);
+    unsigned long long w[kWords], any = 0;
+    __builtin_memcpy(w, &eq, sizeof w);
+    for (int k = 0; k < kWords; ++k) any |= w[k];
+    if (any) break;
+  }
+  while (x[i] != v) ++i;
+  return i;
 }
 
 // ================================================================ activations
@@ -114,9 +152,7 @@ void softmax_row(T* y, const T* x, idx C, bool log) {
     // log1p keeps the relative precision that log(1 + small) loses when one logit dominates.
     T lse;
     if (finite) {
-      idx am = 0;
-      while (x[am] != m) ++am;
-      lse = log1p_(sum_exp_except(x, C, m, am));
+      lse = log1p_(sum_exp_except(x, C, m, first_equal(x, C, m)));
     } else {
       lse = log_(sum16<T>(C, [&](idx c) { return vexp1(x[c] - m); }));
     }
@@ -212,9 +248,7 @@ T log_sum_exp_shifted(const T* x, idx C, T& m) {
   if (!isfinite_(m)) return T(0);  // -inf row: lse = -inf; inf/NaN: propagate through m
   // The maximum contributes exactly 1: log1p of the others' sum keeps the relative precision
   // of small losses (a confident, correct prediction), which log(1 + small) would lose.
-  idx am = 0;
-  while (x[am] != m) ++am;
-  return log1p_(sum_exp_except(x, C, m, am));
+  return log1p_(sum_exp_except(x, C, m, first_equal(x, C, m)));
 }
 
 template <class T>
