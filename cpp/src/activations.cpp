@@ -1,14 +1,13 @@
-// Activation kernels: x (R, C) -> y (R, C) and their backward passes.
-// The elementwise loops are written so that gcc vectorises them; softmax and log_softmax subtract
-// the row maximum first, so no exp overflows and every row of softmax sums to 1 within rounding.
+// Activation kernels: x (R, C) -> y (R, C) and their backward passes: names, checks, and the
+// choice of ISA path (the loops are elementwise_impl.hpp). Softmax and log_softmax subtract the
+// row maximum first, so no exp overflows and every row of softmax sums to 1 within rounding.
 #include "chainrule/activations.hpp"
 
-#include "vmath.hpp"
-
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <stdexcept>
+
+#include "chainrule/threads.hpp"
+#include "elementwise.hpp"
 
 namespace chainrule {
 
@@ -38,145 +37,118 @@ const char* activation_name(Activation a) {
   return "?";
 }
 
+// The kernels live in elementwise_impl.hpp, compiled once per ISA path; these validate and pick
+// the path. Activation's values are the table's codes:
+static_assert(int(Activation::identity) == elem::kIdentity && int(Activation::sigmoid) == elem::kSigmoid &&
+              int(Activation::tanh) == elem::kTanh && int(Activation::relu) == elem::kRelu &&
+              int(Activation::leaky_relu) == elem::kLeakyRelu &&
+              int(Activation::softmax) == elem::kSoftmax &&
+              int(Activation::log_softmax) == elem::kLogSoftmax,
+              "Activation and elem::ActCode disagree");
+
 namespace {
 
-template <class T>
-void softmax_rows(T* y, const T* x, index_t R, index_t C, bool log) {
-  for (index_t r = 0; r < R; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    T mx = -std::numeric_limits<T>::infinity();
-    for (index_t c = 0; c < C; ++c) mx = std::max(mx, xr[c]);
-    const bool finite = std::isfinite(mx);
-    if (!finite) mx = 0;  // all -inf (or +inf) rows: let the arithmetic say NaN/0
-    T sum = 0;
-    if (log) {
-      // log sum_c e^{x_c - m} = log1p(sum over the others): the maximum contributes exactly 1, and
-      // log1p keeps the relative precision that log(1 + small) loses when one logit dominates.
-      T lse;
-      if (finite) {
-        index_t am = 0;
-        while (xr[am] != mx) ++am;
-        for (index_t c = 0; c < am; ++c) sum += vexp1(xr[c] - mx);
-        for (index_t c = am + 1; c < C; ++c) sum += vexp1(xr[c] - mx);
-        lse = std::log1p(sum);
-      } else {
-        for (index_t c = 0; c < C; ++c) sum += vexp1(xr[c] - mx);
-        lse = std::log(sum);
-      }
-      for (index_t c = 0; c < C; ++c) yr[c] = (xr[c] - mx) - lse;
-    } else {
-      for (index_t c = 0; c < C; ++c) yr[c] = vexp1(xr[c] - mx);
-      for (index_t c = 0; c < C; ++c) sum += yr[c];
-      const T inv = T(1) / sum;
-      for (index_t c = 0; c < C; ++c) yr[c] *= inv;
-    }
-  }
-}
+// Large blocks of exp-bound work are split over the thread pool: each task runs the same kernel
+// on a contiguous range of whole rows (elementwise activations: of elements, cut at multiples of
+// 64), so the bits never depend on the thread count. Below kParallelWork (elements weighted by
+// their cost: an exp is about 8 simple operations) one thread does it all, as a hand-off would
+// cost more. The cheap maps (relu, the backward of tanh and sigmoid, ...) stay on one thread:
+// they are bound by memory, and a second thread measured slower for freshly allocated outputs
+// (both fault in pages).
+constexpr double kParallelWork = 131072;
+constexpr index_t kAlign = 64;
 
-template <class T>
-void forward_impl(T* y, const T* x, index_t R, index_t C, Activation a, T slope) {
-  const index_t n = checked_mul(R, C);
+bool row_wise(Activation a) { return a == Activation::softmax || a == Activation::log_softmax; }
+
+double cost(Activation a, bool backward) {  // 0: never split
   switch (a) {
-    case Activation::identity:
-      if (y != x) std::copy(x, x + n, y);
-      break;
     case Activation::sigmoid:
-      vsigmoid(y, x, n);  // 1 / (1 + e^{-x}), as PyTorch computes it
-      break;
     case Activation::tanh:
-      vtanh(y, x, n);
-      break;
-    case Activation::relu:
-      // x < 0 ? 0 : x keeps NaN as NaN, as PyTorch's clamp_min does.
-      for (index_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
-      break;
-    case Activation::leaky_relu:
-      for (index_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : x[i] * slope;
-      break;
-    case Activation::softmax: softmax_rows(y, x, R, C, false); break;
-    case Activation::log_softmax: softmax_rows(y, x, R, C, true); break;
+    case Activation::softmax: return backward ? 0 : 8;
+    case Activation::log_softmax: return 8;
+    default: return 0;
   }
 }
 
-template <class T>
-void backward_impl(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C, Activation a,
-                   T slope) {
-  const index_t n = checked_mul(R, C);
-  switch (a) {
-    case Activation::identity:
-      if (dx != dy) std::copy(dy, dy + n, dx);
-      break;
-    case Activation::sigmoid:  // dx = dy * y (1 - y)
-      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * ((T(1) - y[i]) * y[i]);
-      break;
-    case Activation::tanh:  // dx = dy * (1 - y^2)
-      for (index_t i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
-      break;
-    case Activation::relu:  // dx = dy where y > 0 (PyTorch's threshold_backward on the output)
-      for (index_t i = 0; i < n; ++i) {
-        const T d = dy[i];  // an unconditional load lets the select vectorise
-        dx[i] = y[i] > T(0) ? d : T(0);
-      }
-      break;
-    case Activation::leaky_relu:  // dx = dy where x > 0, slope * dy elsewhere
-      for (index_t i = 0; i < n; ++i) {
-        const T d = dy[i];
-        dx[i] = x[i] > T(0) ? d : d * slope;
-      }
-      break;
-    case Activation::softmax:
-      // dx_c = y_c (dy_c - sum_j dy_j y_j): the Jacobian diag(y) - y y^T applied to dy.
-      for (index_t r = 0; r < R; ++r) {
-        const T* dyr = dy + r * C; const T* yr = y + r * C; T* dxr = dx + r * C;
-        T dot = 0;
-        for (index_t c = 0; c < C; ++c) dot += dyr[c] * yr[c];
-        for (index_t c = 0; c < C; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
-      }
-      break;
-    case Activation::log_softmax:
-      // dx_c = dy_c - softmax_c * sum_j dy_j, with softmax = exp(y).
-      for (index_t r = 0; r < R; ++r) {
-        const T* dyr = dy + r * C; const T* yr = y + r * C; T* dxr = dx + r * C;
-        T sum = 0;
-        for (index_t c = 0; c < C; ++c) sum += dyr[c];
-        for (index_t c = 0; c < C; ++c) dxr[c] = dyr[c] - vexp1(yr[c]) * sum;
-      }
-      break;
+// run(begin, end) over [0, units), in at most get_num_threads() pieces of multiples of align.
+template <class F>
+void split(index_t units, index_t align, double work, const F& run) {
+  const int threads = work >= kParallelWork ? get_num_threads() : 1;
+  const index_t pieces = std::min<index_t>(threads, units / align);
+  if (pieces < 2) {
+    run(index_t(0), units);
+    return;
   }
+  const index_t per = ((units + pieces - 1) / pieces + align - 1) / align * align;
+  parallel_for(int(pieces), [&](int t) {
+    const index_t begin = index_t(t) * per, end = std::min(units, begin + per);
+    if (begin < end) run(begin, end);
+  });
 }
 
 }  // namespace
 
 template <class T>
 void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T slope) {
-  forward_impl(y, x, R, C, a, slope);
+  const index_t n = checked_mul(R, C);
+  const auto fwd = elem::ops<T>().act_forward;
+  const double work = double(n) * cost(a, false);
+  if (row_wise(a))
+    split(R, 1, work, [&](index_t r0, index_t r1) {
+      fwd(y + r0 * C, x + r0 * C, r1 - r0, C, int(a), slope);
+    });
+  else
+    split(n, kAlign, work, [&](index_t i0, index_t i1) {
+      fwd(y + i0, x + i0, 1, i1 - i0, int(a), slope);
+    });
 }
+
 template <class T>
 void activation_backward(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
                          Activation a, T slope) {
-  backward_impl(dx, dy, x, y, R, C, a, slope);
+  const index_t n = checked_mul(R, C);
+  const auto bwd = elem::ops<T>().act_backward;
+  const double work = double(n) * cost(a, true);
+  // An activation reads x or y, not always both: a caller may pass nullptr for the other.
+  auto at = [](const T* p, index_t i) { return p ? p + i : p; };
+  if (row_wise(a))
+    split(R, 1, work, [&](index_t r0, index_t r1) {
+      bwd(dx + r0 * C, dy + r0 * C, at(x, r0 * C), at(y, r0 * C), r1 - r0, C, int(a), slope);
+    });
+  else
+    split(n, kAlign, work, [&](index_t i0, index_t i1) {
+      bwd(dx + i0, dy + i0, at(x, i0), at(y, i0), 1, i1 - i0, int(a), slope);
+    });
 }
 
-// The reference twins evaluate one element at a time through the same formulas, without any
-// loop structure the compiler could vectorise differently; the tuned path must match them.
+// The reference twins run the portable copy one element (softmax: one row) at a time, so that no
+// loop structure the compiler could vectorise differently is involved; every path must match them.
+namespace {
+const elem::ElemOps<float>& portable(float) { return elem::baseline::kernels.f32; }
+const elem::ElemOps<double>& portable(double) { return elem::baseline::kernels.f64; }
+}  // namespace
+
 template <class T>
 void activation_forward_ref(T* y, const T* x, index_t R, index_t C, Activation a, T slope) {
+  const index_t n = checked_mul(R, C);
+  const auto& k = portable(T());
   if (a == Activation::softmax || a == Activation::log_softmax) {
-    for (index_t r = 0; r < R; ++r) softmax_rows(y + r * C, x + r * C, 1, C, a == Activation::log_softmax);
+    for (index_t r = 0; r < R; ++r) k.act_forward(y + r * C, x + r * C, 1, C, int(a), slope);
     return;
   }
-  for (index_t i = 0; i < R * C; ++i) forward_impl(y + i, x + i, 1, 1, a, slope);
+  for (index_t i = 0; i < n; ++i) k.act_forward(y + i, x + i, 1, 1, int(a), slope);
 }
 template <class T>
 void activation_backward_ref(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
                              Activation a, T slope) {
+  const index_t n = checked_mul(R, C);
+  const auto& k = portable(T());
   if (a == Activation::softmax || a == Activation::log_softmax) {
     for (index_t r = 0; r < R; ++r)
-      backward_impl(dx + r * C, dy + r * C, x + r * C, y + r * C, 1, C, a, slope);
+      k.act_backward(dx + r * C, dy + r * C, x + r * C, y + r * C, 1, C, int(a), slope);
     return;
   }
-  for (index_t i = 0; i < R * C; ++i) backward_impl(dx + i, dy + i, x + i, y + i, 1, 1, a, slope);
+  for (index_t i = 0; i < n; ++i) k.act_backward(dx + i, dy + i, x + i, y + i, 1, 1, int(a), slope);
 }
 
 template void activation_forward<float>(float*, const float*, index_t, index_t, Activation, float);

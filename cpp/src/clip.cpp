@@ -5,6 +5,9 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
+
+#include "elementwise.hpp"
 
 namespace chainrule {
 
@@ -13,21 +16,18 @@ double clip_grad_norm(T* const* grads, const index_t* sizes, std::size_t count, 
                       double norm_type, bool error_if_nonfinite) {
   // Per-tensor norms first, then the norm of those norms, as PyTorch stacks and reduces them.
   // Sums run in double: for float32 this is at least as accurate as PyTorch's float reduction.
+  // The long loops run on the current ISA path (elementwise_impl.hpp); the p-norm's pow stays here.
+  const elem::ElemOps<T>& ops = elem::ops<T>();
   const bool inf_norm = std::isinf(norm_type);
   double total = 0;
   for (std::size_t k = 0; k < count; ++k) {
     const T* g = grads[k];
     double nk = 0;
     if (inf_norm) {
-      for (index_t i = 0; i < sizes[k]; ++i) {
-        const double a = std::abs(double(g[i]));
-        if (std::isnan(a)) { nk = a; break; }
-        nk = std::max(nk, a);
-      }
+      nk = ops.max_abs(g, sizes[k]);  // the first NaN if there is one
       total = std::isnan(nk) ? nk : std::max(total, nk);
     } else if (norm_type == 2.0) {
-      for (index_t i = 0; i < sizes[k]; ++i) nk += double(g[i]) * double(g[i]);
-      nk = std::sqrt(nk);
+      nk = std::sqrt(ops.sum_squares(g, sizes[k]));  // in a fixed blocking of 16 lanes
       total += nk * nk;
     } else {
       for (index_t i = 0; i < sizes[k]; ++i) nk += std::pow(std::abs(double(g[i])), norm_type);
@@ -46,19 +46,15 @@ double clip_grad_norm(T* const* grads, const index_t* sizes, std::size_t count, 
   // clip_coef = max_norm / (total + 1e-6), clamped to at most 1, always multiplied in.
   T coef = T(max_norm) / (total_t + T(1e-6));
   if (coef > T(1)) coef = T(1);
-  for (std::size_t k = 0; k < count; ++k)
-    for (index_t i = 0; i < sizes[k]; ++i) grads[k][i] *= coef;
+  for (std::size_t k = 0; k < count; ++k) ops.scale(grads[k], sizes[k], coef);
   return double(total_t);
 }
 
 template <class T>
 void clip_grad_value(T* const* grads, const index_t* sizes, std::size_t count, double clip_value) {
   const T hi = T(clip_value), lo = -hi;
-  for (std::size_t k = 0; k < count; ++k)
-    for (index_t i = 0; i < sizes[k]; ++i) {
-      T& g = grads[k][i];
-      g = g < lo ? lo : (g > hi ? hi : g);  // NaN stays NaN, as torch.clamp_ does
-    }
+  const elem::ElemOps<T>& ops = elem::ops<T>();
+  for (std::size_t k = 0; k < count; ++k) ops.clamp(grads[k], sizes[k], lo, hi);  // NaN stays NaN
 }
 
 template double clip_grad_norm<float>(float* const*, const index_t*, std::size_t, double, double,

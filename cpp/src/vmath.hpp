@@ -13,9 +13,14 @@
 #pragma once
 #include <cstdint>
 
+// The ISA kernel files (elementwise_impl.hpp) include no STL header at all; everyone else gets
+// tensor.hpp as before. index_t is declared here too (the same alias: a mismatch would not compile).
+#ifndef CHAINRULE_ISA_FILE
 #include "chainrule/tensor.hpp"
+#endif
 
 namespace chainrule {
+using index_t = std::int64_t;
 namespace {
 
 template <class T> struct ExpConst;

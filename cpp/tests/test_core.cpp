@@ -8,17 +8,22 @@
 #include <chainrule/losses.hpp>
 #include <chainrule/network.hpp>
 #include <chainrule/optim.hpp>
+#include <chainrule/clip.hpp>
 #include <chainrule/rng.hpp>
 #include <chainrule/threads.hpp>
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <cstdio>
 #include <functional>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "elementwise.hpp"  // internal: which elementwise table runs
 
 using namespace chainrule;
 
@@ -89,6 +94,148 @@ void test_gemm_paths(const char* dtype) {
   }
   gemm_set_blocking(0, 0, 0);
   gemm_set_isa(gemm_supported_isas().back());
+}
+
+// Bitwise equality that tells -0 from +0; any NaN matches any NaN (IEEE leaves the payload of
+// an operation on two NaNs open, and gcc may order commutative operands differently per loop).
+template <class T>
+bool same_bits(T a, T b) {
+  return (a != a && b != b) || std::memcmp(&a, &b, sizeof a) == 0;
+}
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!same_bits(a[i], b[i])) {
+      std::printf("  element %zu: %.17g vs %.17g\n", i, double(a[i]), double(b[i]));
+      return false;
+    }
+  return true;
+}
+
+// Every elementwise kernel on every ISA path gives the bits of the portable path (and the
+// activations those of their _ref twins), on lengths around the 16-lane reduction blocks and the
+// vector widths, with special values mixed in.
+template <class T>
+void test_elementwise_paths(const char* dtype) {
+  const std::vector<std::string> isas = gemm_supported_isas();
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const index_t shapes[][2] = {{1, 1}, {3, 5}, {1, 15}, {2, 16}, {1, 17}, {3, 33}, {4, 100},
+                               {1, 1000}};
+  for (auto& s : shapes) {
+    const index_t R = s[0], C = s[1];
+    const std::size_t n = std::size_t(R * C);
+    Rng rng{std::uint64_t(n)};
+    auto x = random_vec<T>(rng, n), dy = random_vec<T>(rng, n), t = random_vec<T>(rng, n);
+    for (auto& v : x) v *= 12;
+    std::vector<T> prob(n), xs = x;  // probabilities for bce; x with special values
+    for (std::size_t i = 0; i < n; ++i) prob[i] = (t[i] + 1) / 2;
+    const T specials[] = {T(0), -T(0), T(1e-30), T(-88.5), T(95), T(-800), T(800), inf, -inf, nan};
+    if (n > 20)
+      for (std::size_t i = 0; i < 10; ++i) xs[3 * i + 1] = specials[i];
+    std::vector<std::int64_t> cls(static_cast<std::size_t>(R));
+    for (index_t r = 0; r < R; ++r) cls[std::size_t(r)] = std::int64_t(rng.below(std::uint64_t(C)));
+    const std::string where = std::string(dtype) + " R=" + std::to_string(R) + " C=" + std::to_string(C);
+
+    // One result vector per case and path: path 0 (baseline) is the reference.
+    std::vector<std::vector<T>> first;
+    std::vector<double> first_values;
+    for (std::size_t k = 0; k < isas.size(); ++k) {
+      gemm_set_isa(isas[k]);
+      check(std::strcmp(elem::kernels().isa, isas[k].c_str()) == 0,
+            "the elementwise table follows gemm_set_isa(" + isas[k] + ")");
+      std::vector<std::vector<T>> outs;
+      std::vector<double> values;
+      for (const auto* in : {&x, &xs})
+        for (Activation a : {Activation::identity, Activation::sigmoid, Activation::tanh,
+                             Activation::relu, Activation::leaky_relu, Activation::softmax,
+                             Activation::log_softmax}) {
+          std::vector<T> y(n), yr(n), dx(n), dxr(n);
+          activation_forward(y.data(), in->data(), R, C, a, T(0.1));
+          activation_forward_ref(yr.data(), in->data(), R, C, a, T(0.1));
+          check(same_bits(y, yr), "activation_forward " + std::string(activation_name(a)) + " " +
+                                      isas[k] + " same bits as ref, " + where);
+          activation_backward(dx.data(), dy.data(), in->data(), y.data(), R, C, a, T(0.1));
+          activation_backward_ref(dxr.data(), dy.data(), in->data(), y.data(), R, C, a, T(0.1));
+          check(same_bits(dx, dxr), "activation_backward " + std::string(activation_name(a)) +
+                                        " " + isas[k] + " same bits as ref, " + where);
+          outs.push_back(y);
+          outs.push_back(dx);
+        }
+      for (LossKind kind : {LossKind::mse, LossKind::bce, LossKind::bce_with_logits,
+                            LossKind::cross_entropy})
+        for (Reduction red : {Reduction::mean, Reduction::sum}) {
+          std::vector<T> g(n);
+          const T* pred = kind == LossKind::bce ? prob.data() : x.data();
+          const T* target = kind == LossKind::cross_entropy ? prob.data() : t.data();
+          values.push_back(loss_forward_backward(g.data(), pred, target, R, C, kind, red));
+          values.push_back(loss_forward_backward(static_cast<T*>(nullptr), pred, target, R, C, kind, red));
+          outs.push_back(g);
+        }
+      {
+        std::vector<T> g(n);
+        values.push_back(cross_entropy_index(g.data(), x.data(), cls.data(), R, C, Reduction::mean));
+        outs.push_back(g);
+        values.push_back(cross_entropy_index(g.data(), xs.data(), cls.data(), R, C, Reduction::sum));
+        outs.push_back(g);
+      }
+      for (int variant = 0; variant < 6; ++variant) {  // plain, decay, momentum x2, nesterov, maximize
+        SGDConfig cfg;
+        cfg.lr = 0.05;
+        cfg.weight_decay = variant == 1 || variant == 4 ? 0.01 : 0.0;
+        cfg.momentum = variant >= 2 ? 0.9 : 0.0;
+        cfg.dampening = variant == 3 ? 0.25 : 0.0;
+        cfg.nesterov = variant == 4;
+        cfg.maximize = variant == 5;
+        std::vector<T> p = x, buf(n);
+        for (int step = 0; step < 3; ++step)
+          sgd_step(p.data(), dy.data(), buf.data(), step > 0, index_t(n), cfg);
+        outs.push_back(p);
+        outs.push_back(buf);
+      }
+      for (int variant = 0; variant < 4; ++variant) {  // plain, amsgrad + decay, maximize, beta1 0.3
+        AdamConfig cfg;
+        cfg.amsgrad = variant == 1;
+        cfg.weight_decay = variant == 1 ? 0.01 : 0.0;
+        cfg.maximize = variant == 2;
+        if (variant == 3) cfg.beta1 = 0.3;
+        std::vector<T> p = x, m(n), v(n), vmax(n);
+        for (int step = 1; step <= 3; ++step)
+          adam_step(p.data(), dy.data(), m.data(), v.data(), vmax.data(), step, index_t(n), cfg);
+        outs.push_back(p);
+        outs.push_back(m);
+        outs.push_back(v);
+        outs.push_back(vmax);
+      }
+      for (double norm : {2.0, 3.0, double(inf)})
+        for (const auto* in : {&x, &xs}) {
+          std::vector<T> g1 = *in, g2 = dy;
+          T* ptrs[] = {g1.data(), g2.data()};
+          const index_t sizes[] = {index_t(n), index_t(n)};
+          values.push_back(clip_grad_norm(ptrs, sizes, 2, 1.0, norm, false));
+          outs.push_back(g1);
+          outs.push_back(g2);
+        }
+      {
+        std::vector<T> g1 = xs;
+        T* ptrs[] = {g1.data()};
+        const index_t sizes[] = {index_t(n)};
+        clip_grad_value(ptrs, sizes, 1, 0.5);
+        outs.push_back(g1);
+      }
+      if (k == 0) {
+        first = outs;
+        first_values = values;
+        continue;
+      }
+      bool same = outs.size() == first.size();
+      for (std::size_t i = 0; same && i < outs.size(); ++i) same = same_bits(outs[i], first[i]);
+      for (std::size_t i = 0; same && i < values.size(); ++i) same = same_bits(values[i], first_values[i]);
+      check(same, "losses, optimizers and clipping on " + isas[k] + ": same bits as " + isas[0] +
+                      ", " + where);
+    }
+  }
+  gemm_set_isa(isas.back());
 }
 
 void test_activations() {
@@ -289,6 +436,8 @@ void test_rng() {
 int main() {
   test_gemm_paths<float>("f32");
   test_gemm_paths<double>("f64");
+  test_elementwise_paths<float>("f32");
+  test_elementwise_paths<double>("f64");
   test_activations();
   test_losses_and_dense();
   test_sgd_plain_rule();
