@@ -30,6 +30,7 @@ inline __mmask8 lanes8(std::int64_t cols) {
 // float: MR x 32 tile = 2 MR zmm accumulators + 2 for the B row + 1 broadcast. MR = 14 fills the
 // register file; MR = 8 serves row counts that 14 divides badly (a batch of 32: 3 x 14 = 42 rows
 // computed for 32, 24 % wasted, against exactly 4 x 8).
+namespace {  // internal linkage: no weak symbol a baseline caller could bind to
 template <int MR>
 inline void ukernel_f32_x32(std::int64_t kc, float alpha, const float* a, const float* b,
                             float beta, float* c, std::int64_t ldc, std::int64_t m,
@@ -62,6 +63,8 @@ inline void ukernel_f32_x32(std::int64_t kc, float alpha, const float* a, const 
   }
 }
 
+}  // namespace
+
 void ukernel_avx512_f32_14x32(std::int64_t kc, float alpha, const float* a, const float* b,
                               float beta, float* c, std::int64_t ldc, std::int64_t m,
                               std::int64_t n) {
@@ -75,6 +78,7 @@ void ukernel_avx512_f32_8x32(std::int64_t kc, float alpha, const float* a, const
 }
 
 // double: MR x 16 tile (MR = 14: 28 zmm accumulators; MR = 8 as for float).
+namespace {
 template <int MR>
 inline void ukernel_f64_x16(std::int64_t kc, double alpha, const double* a, const double* b,
                             double beta, double* c, std::int64_t ldc, std::int64_t m,
@@ -106,6 +110,8 @@ inline void ukernel_f64_x16(std::int64_t kc, double alpha, const double* a, cons
     _mm512_mask_storeu_pd(ci + 8, k1, r1);
   }
 }
+
+}  // namespace
 
 void ukernel_avx512_f64_14x16(std::int64_t kc, double alpha, const double* a, const double* b,
                               double beta, double* c, std::int64_t ldc, std::int64_t m,
