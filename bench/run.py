@@ -400,6 +400,8 @@ def table_rows(results: Dict[str, Any], systems: Sequence[str], env: Env) -> Lis
     for name, r in results.items():
         if "gemm" in r:
             sizes = sorted({row["n"] for row in r["gemm"]})
+            if not sizes:
+                continue
             picks = sorted({sizes[0] if sizes[0] >= 128 else
                             next((n for n in sizes if n >= 128), sizes[-1]), sizes[-1]})
             for row in r["gemm"]:

@@ -73,6 +73,7 @@ WORKLOADS: Dict[str, Workload] = OrderedDict((w.name, w) for w in [
     Workload("lstm", "lstm", (16, 128), "tanh", "mse", batch=32, n_samples=2048, T=64,
              description="LSTM I=16 H=128 T=64, Dense(128→1) per step, MSE"),
     Workload("kernels", "kernels", figure="GFLOP/s, Melem/s",
+             gemm_sizes=(32, 64, 128, 256, 512, 1024, 2048),
              description="chainrule.ops kernels alone vs NumPy: gemm NN/TN/NT, activations, dense"),
 ])
 TRAINING: List[str] = [n for n, w in WORKLOADS.items() if w.kind in ("mlp", "rnn", "lstm")]
