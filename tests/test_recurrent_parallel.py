@@ -68,7 +68,7 @@ def test_same_bits_for_1_2_3_threads_and_both_memory_modes(kind, dtype):
             _assert_same(ref, _train(kind, dtype, memory), f"{threads} threads, {memory}")
 
 
-@pytest.mark.parametrize("H", [1, 31, 32, 33, 130])
+@pytest.mark.parametrize("H", [1, 31, 32, 33, 96, 128, 130])
 def test_same_bits_for_any_thread_count_across_slice_edges(H):
     # H = 1: fewer units than threads; 31..33: one slice or a ragged second; 130: five slices
     # of float pairs, more than the threads.

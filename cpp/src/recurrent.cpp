@@ -47,15 +47,17 @@ const CellKernels<T>& cell_kernels() {
   return baseline;
 }
 
-// How many slices the time loop splits the H hidden units into: one per thread, when a step's
-// GEMM (B G H multiply-adds) is worth the ~0.2 us of a barrier, in whole AVX-512 vectors pairs
-// (the micro-panel width) so that neither the GEMM nor the cell loops get ragged edges.
+// The width of the slices the time loop splits the H hidden units into: one slice per thread
+// when a step's GEMM (B G H multiply-adds) is worth the sub-microsecond sync of a phase, in whole
+// pairs of AVX-512 vectors (the micro-panel width) so that the GEMM and the cell loops get no
+// ragged edges but the last; H (one slice) otherwise.
 template <class T>
-index_t time_loop_parts(index_t B, index_t H, index_t G) {
+index_t time_loop_slice_width(index_t B, index_t H, index_t G) {
   const int threads = get_num_threads();
-  if (threads <= 1 || double(B) * double(G) * double(H) < 32768.0) return 1;
+  if (threads <= 1 || double(B) * double(G) * double(H) < 32768.0) return H;
   const index_t gran = 128 / index_t(sizeof(T)), units = (H + gran - 1) / gran;
-  return std::min<index_t>(threads, units);
+  const index_t parts = std::min<index_t>(threads, units);
+  return std::min(H, (units + parts - 1) / parts * gran);
 }
 
 // sum of x[i]^2 in double, in eight interleaved partial sums (a fixed order, so the same bits
@@ -201,15 +203,13 @@ class RecurrentLayer final : public Layer<T> {
   bool lstm() const { return kind_ == CellKind::lstm; }
   bool gru() const { return kind_ == CellKind::gru; }
 
-  // Splits the hidden units into slices for the time loop (time_loop_parts) and packs each
+  // Splits the hidden units into slices for the time loop (time_loop_slice_width) and packs each
   // slice's part of W_hh of cell k: its gate rows for the forward steps, its columns for the
   // backward steps. A new split starts from fresh buffers, so the workspace stays exact.
   void prepare_slices(Cache& c, index_t k, index_t B, bool fwd, bool bwd) const {
     const index_t H = H_, G = G_, q = G_ / H_;
-    const index_t parts = time_loop_parts<T>(B, H, G);
-    const index_t gran = 128 / index_t(sizeof(T));
-    const index_t per = ((H + gran - 1) / gran + parts - 1) / parts * gran;
-    if (index_t(c.slices.size()) != parts || c.slices[0].hs != std::min(per, H)) {
+    const index_t per = time_loop_slice_width<T>(B, H, G), parts = (H + per - 1) / per;
+    if (index_t(c.slices.size()) != parts || c.slices[0].hs != per) {
       c.slices.clear();
       c.slices.resize(std::size_t(parts));
     }
