@@ -2,7 +2,9 @@
 // [u0, u0 + hs) of a batch of rows: the slice one thread of the time loop owns (recurrent.cpp).
 // Layouts: gates (B, G) with G = H (RNN), 4H (LSTM: i, f, g, o) or 3H (GRU: r, z, n); states
 // (B, H); pointers are to the whole arrays (the slice offset u0 is applied here), except gh, the
-// slice's own h_{t-1} W_hh^T + b_hh, (B, q hs) with its q gate blocks of hs columns side by side.
+// slice's own h_{t-1} W_hh^T, (B, q hs) with its q gate blocks of hs columns side by side, and bh,
+// the matching (q hs) values of b_hh or null. The hidden projection is (h W^T) + b as a GEMM with
+// the bias in C would round it, but added here: no pass over C to put the bias there first.
 //
 // Each function is a handful of simple loops over contiguous runs of hs values (a single loop
 // doing all of it at once did not vectorise). The transcendental ones call vmath.hpp, whose
@@ -17,37 +19,44 @@ namespace chainrule {
 // One ISA path's cell functions (function pointers only: no code in this struct).
 template <class T>
 struct CellKernels {
-  void (*rnn_forward)(T* h, const T* gx, const T* gh, index_t B, index_t H, index_t u0,
-                      index_t hs, bool relu);
+  void (*rnn_forward)(T* h, const T* gx, const T* gh, const T* bh, index_t B, index_t H,
+                      index_t u0, index_t hs, bool relu);
   void (*rnn_backward)(T* da, const T* dh, const T* h, index_t B, index_t H, index_t u0,
                        index_t hs, bool relu);
-  void (*lstm_forward)(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh, index_t B,
-                       index_t H, index_t u0, index_t hs);
+  void (*lstm_forward)(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh,
+                       const T* bh, index_t B, index_t H, index_t u0, index_t hs);
   void (*lstm_backward)(T* dg, T* dc, const T* dh, const T* gates, const T* c, const T* cprev,
                         index_t B, index_t H, index_t u0, index_t hs);
   void (*gru_forward)(T* h, T* gates, T* ghn, const T* hprev, const T* gx, const T* gh,
-                      index_t B, index_t H, index_t u0, index_t hs);
+                      const T* bh, index_t B, index_t H, index_t u0, index_t hs);
   void (*gru_backward)(T* dgx, T* dgh, T* dhz, const T* dh, const T* gates, const T* ghn,
                        const T* hprev, index_t B, index_t H, index_t u0, index_t hs);
 };
 
 namespace {
 
+// The hidden projection's value k: gh + bh, or gh without a bias (a test on a loop invariant,
+// which gcc hoists out of the loop: both versions vectorise).
+template <class T>
+inline T hid(const T* ph, const T* bh, index_t k) {
+  return bh ? ph[k] + bh[k] : ph[k];
+}
+
 // h = act(gx + gh), act = tanh or relu.
 template <class T>
-void rnn_cell_forward(T* h, const T* gx, const T* gh, index_t B, index_t H, index_t u0,
-                      index_t hs, bool relu) {
+void rnn_cell_forward(T* h, const T* gx, const T* gh, const T* bh, index_t B, index_t H,
+                      index_t u0, index_t hs, bool relu) {
   for (index_t b = 0; b < B; ++b) {
     T* hn = h + b * H + u0;
     const T* px = gx + b * H + u0;
     const T* ph = gh + b * hs;
     if (relu) {
       for (index_t k = 0; k < hs; ++k) {
-        const T a = px[k] + ph[k];
+        const T a = px[k] + hid(ph, bh, k);
         hn[k] = a < T(0) ? T(0) : a;
       }
     } else {
-      for (index_t k = 0; k < hs; ++k) hn[k] = vtanh1(px[k] + ph[k]);
+      for (index_t k = 0; k < hs; ++k) hn[k] = vtanh1(px[k] + hid(ph, bh, k));
     }
   }
 }
@@ -74,8 +83,8 @@ void rnn_cell_backward(T* da, const T* dh, const T* h, index_t B, index_t H, ind
 // i, f, g, o = sigma, sigma, tanh, sigma of gx + gh;  c = f c_prev + i g;  h = o tanh(c).
 // gates receives (i, f, g, o).
 template <class T>
-void lstm_cell_forward(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh, index_t B,
-                       index_t H, index_t u0, index_t hs) {
+void lstm_cell_forward(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh,
+                       const T* bh, index_t B, index_t H, index_t u0, index_t hs) {
   const index_t G = 4 * H;
   for (index_t b = 0; b < B; ++b) {
     T* gi = gates + b * G + u0;
@@ -84,10 +93,13 @@ void lstm_cell_forward(T* h, T* c, T* gates, const T* cprev, const T* gx, const 
     T* go = gi + 3 * H;
     const T* px = gx + b * G + u0;
     const T* ph = gh + b * 4 * hs;
-    for (index_t k = 0; k < hs; ++k) gi[k] = vsigmoid1(px[k] + ph[k]);
-    for (index_t k = 0; k < hs; ++k) gf[k] = vsigmoid1(px[H + k] + ph[hs + k]);
-    for (index_t k = 0; k < hs; ++k) gg[k] = vtanh1(px[2 * H + k] + ph[2 * hs + k]);
-    for (index_t k = 0; k < hs; ++k) go[k] = vsigmoid1(px[3 * H + k] + ph[3 * hs + k]);
+    const T* bf = bh ? bh + hs : nullptr;
+    const T* bg = bh ? bh + 2 * hs : nullptr;
+    const T* bo = bh ? bh + 3 * hs : nullptr;
+    for (index_t k = 0; k < hs; ++k) gi[k] = vsigmoid1(px[k] + hid(ph, bh, k));
+    for (index_t k = 0; k < hs; ++k) gf[k] = vsigmoid1(px[H + k] + hid(ph + hs, bf, k));
+    for (index_t k = 0; k < hs; ++k) gg[k] = vtanh1(px[2 * H + k] + hid(ph + 2 * hs, bg, k));
+    for (index_t k = 0; k < hs; ++k) go[k] = vsigmoid1(px[3 * H + k] + hid(ph + 3 * hs, bo, k));
     const T* cp = cprev + b * H + u0;
     T* cn = c + b * H + u0;
     T* hn = h + b * H + u0;
@@ -136,7 +148,7 @@ void lstm_cell_backward(T* dg, T* dc, const T* dh, const T* gates, const T* c, c
 // gates receives (r, z, n), ghn_out (B, H) the ghn part of gh.
 template <class T>
 void gru_cell_forward(T* h, T* gates, T* ghn_out, const T* hprev, const T* gx, const T* gh,
-                      index_t B, index_t H, index_t u0, index_t hs) {
+                      const T* bh, index_t B, index_t H, index_t u0, index_t hs) {
   const index_t G = 3 * H;
   for (index_t b = 0; b < B; ++b) {
     T* gr = gates + b * G + u0;
@@ -145,9 +157,11 @@ void gru_cell_forward(T* h, T* gates, T* ghn_out, const T* hprev, const T* gx, c
     const T* px = gx + b * G + u0;
     const T* ph = gh + b * 3 * hs;
     T* hn_part = ghn_out + b * H + u0;
-    for (index_t k = 0; k < hs; ++k) gr[k] = vsigmoid1(px[k] + ph[k]);
-    for (index_t k = 0; k < hs; ++k) gz[k] = vsigmoid1(px[H + k] + ph[hs + k]);
-    for (index_t k = 0; k < hs; ++k) hn_part[k] = ph[2 * hs + k];
+    const T* bz = bh ? bh + hs : nullptr;
+    const T* bn = bh ? bh + 2 * hs : nullptr;
+    for (index_t k = 0; k < hs; ++k) gr[k] = vsigmoid1(px[k] + hid(ph, bh, k));
+    for (index_t k = 0; k < hs; ++k) gz[k] = vsigmoid1(px[H + k] + hid(ph + hs, bz, k));
+    for (index_t k = 0; k < hs; ++k) hn_part[k] = hid(ph + 2 * hs, bn, k);
     for (index_t k = 0; k < hs; ++k) gn[k] = vtanh1(px[2 * H + k] + gr[k] * hn_part[k]);
     const T* hp = hprev + b * H + u0;
     T* hn = h + b * H + u0;

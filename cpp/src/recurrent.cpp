@@ -255,18 +255,17 @@ class RecurrentLayer final : public Layer<T> {
       const T* gx = c.gx.data() + t * B * G;
       const index_t cols = sl.fwd.N();
       T* gh = sl.gh.data();
-      // Only h_{t-1} W_hh^T + b_hh inside the loop, with W_hh^T packed once.
-      if (bias)
-        for (index_t b = 0; b < B; ++b)
-          std::memcpy(gh + b * cols, sl.b.data(), std::size_t(cols) * sizeof(T));
-      gemm_prepacked<T>(false, B, T(1), hprev, H, sl.fwd, bias ? T(1) : T(0), gh, cols);
+      const T* bh = bias ? sl.b.data() : nullptr;  // added in the cell
+      // Only h_{t-1} W_hh^T inside the loop, with W_hh^T packed once.
+      gemm_prepacked<T>(false, B, T(1), hprev, H, sl.fwd, T(0), gh, cols);
       if (kind_ == CellKind::rnn)
-        ck.rnn_forward(hnew, gx, gh, B, H, sl.u0, sl.hs, relu_);
+        ck.rnn_forward(hnew, gx, gh, bh, B, H, sl.u0, sl.hs, relu_);
       else if (kind_ == CellKind::lstm)
-        ck.lstm_forward(hnew, cs + (t + 1) * BH, gates + t * B * G, cs + t * BH, gx, gh, B, H,
-                        sl.u0, sl.hs);
+        ck.lstm_forward(hnew, cs + (t + 1) * BH, gates + t * B * G, cs + t * BH, gx, gh, bh, B,
+                        H, sl.u0, sl.hs);
       else
-        ck.gru_forward(hnew, gates + t * B * G, ghn + t * BH, hprev, gx, gh, B, H, sl.u0, sl.hs);
+        ck.gru_forward(hnew, gates + t * B * G, ghn + t * BH, hprev, gx, gh, bh, B, H, sl.u0,
+                       sl.hs);
     });
   }
 
