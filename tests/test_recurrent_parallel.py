@@ -3,7 +3,7 @@ its cell math on every ISA path: the results are the same bits for 1, 2 and 3 th
 path, with "all" and "sqrt" memory, when the pool is busy (two models trained at once), and when
 the pool has just been restarted with fresh workers.
 
-Sizes are chosen so that the step GEMM is big enough to be split (B·G·H ≥ 32768 multiply-adds)
+Sizes are chosen so that the step GEMM is big enough to be split (B·G·H ≥ 131072 multiply-adds)
 and so that the slices (whole 32-float / 16-double vector pairs) have ragged edges: H = 70 gives
 slices of 32, 32 and 6 (float) or 16 … 6 (double)."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ def restore_threads_and_isa():
     ops.set_isa(isa)
 
 
-def _train(kind, dtype, memory="all", H=70, B=8, T=11, seed=0):
+def _train(kind, dtype, memory="all", H=70, B=32, T=11, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((2 * B, T, 5)).astype(dtype)
     Y = rng.standard_normal((2 * B, T, 1)).astype(dtype)

@@ -48,13 +48,15 @@ const CellKernels<T>& cell_kernels() {
 }
 
 // The width of the slices the time loop splits the H hidden units into: one slice per thread
-// when a step's GEMM (B G H multiply-adds) is worth the sub-microsecond sync of a phase, in whole
-// pairs of AVX-512 vectors (the micro-panel width) so that the GEMM and the cell loops get no
-// ragged edges but the last; H (one slice) otherwise.
+// when a step's GEMM (B G H multiply-adds) is a few microseconds of work, in whole pairs of
+// AVX-512 vectors (the micro-panel width) so that the GEMM and the cell loops get no ragged edges
+// but the last; H (one slice) otherwise. Below that (rnnlong: B G H = 16 * 64 * 64) a step is
+// ~1 us: split, it gained little on a quiet machine and lost ~40 % on a busy one, where a
+// preempted thread stalls every phase it holds a part of.
 template <class T>
 index_t time_loop_slice_width(index_t B, index_t H, index_t G) {
   const int threads = get_num_threads();
-  if (threads <= 1 || double(B) * double(G) * double(H) < 32768.0) return H;
+  if (threads <= 1 || double(B) * double(G) * double(H) < 131072.0) return H;
   const index_t gran = 128 / index_t(sizeof(T)), units = (H + gran - 1) / gran;
   const index_t parts = std::min<index_t>(threads, units);
   return std::min(H, (units + parts - 1) / parts * gran);

@@ -206,11 +206,13 @@ void parallel_phases(int phases, int parts, const std::function<void(int, int)>&
     const int home = int(long(r) * parts / threads);
     for (int k = 0; k < phases; ++k) {
       // Wait until phase k - 1 is complete (then every part of phase k is unclaimed or taken).
+      // Spin a few hundred us (phases take microseconds), then yield too: with more threads
+      // than free cores the part we wait for may need this core.
       const long need = long(k) * parts;
       long d = done.load(std::memory_order_acquire);
       for (unsigned spins = 0; d < need; ++spins) {
         if (failed.load(std::memory_order_relaxed)) return;
-        if (spins < 4096) CHAINRULE_PAUSE();
+        if (spins < (1u << 14)) CHAINRULE_PAUSE();
         else std::this_thread::yield();
         d = done.load(std::memory_order_acquire);
       }
