@@ -1,4 +1,4 @@
-// The recurrent cells' elementwise math (cells.hpp) compiled for x86-64-v4 (AVX-512 F/BW/DQ/VL, 512-bit vectors preferred) into
+// The recurrent cells' elementwise math (cells.hpp) compiled for x86-64-v4 (AVX-512) into
 // namespace cells_isa_v4, used only after the dispatcher (recurrent.cpp, which follows the GEMM
 // path) has checked the CPU. The same source as the baseline table with FP contraction off, so
 // every path gives the same bits. Nothing with external linkage is inlined here (cells.hpp and
