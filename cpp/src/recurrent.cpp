@@ -1,9 +1,9 @@
 // Recurrent layers and backpropagation through time. See recurrent.hpp for the conventions.
 // Internally everything is time-major, (T, B, .), so that a segment of steps is one contiguous
 // block of rows and its input projection and weight gradients are single GEMMs. The steps of a
-// segment run in one parallel region: each thread owns a slice of the hidden units and computes,
-// per step, its gate columns of h_{t-1} W_hh^T and its cell math (forward), or its units' dG_t and
-// its columns of dG_t W_hh (backward), then meets the others at a barrier.
+// segment run as one parallel_phases job, a phase per step and a task per slice of the hidden
+// units: the slice's gate columns of h_{t-1} W_hh^T and its cell math (forward), or its columns of
+// dL/dh_t = dG_{t+1} W_hh and its units' dG_t (backward). No thread sleeps between the steps.
 //
 // Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
 #include "chainrule/recurrent.hpp"

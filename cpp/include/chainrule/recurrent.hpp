@@ -10,9 +10,10 @@
 // per step and computes the weight gradients as one GEMM per segment. With memory "all" every
 // state and gate is kept; with "sqrt" only the state at each segment start is kept and each segment
 // is recomputed just before its backward. Both run the same arithmetic in the same order, so their
-// gradients are bitwise identical. The time loop runs on all threads at once: each owns a slice of
-// the hidden units (its gate columns of the step GEMM and its cell math), with a barrier per step;
-// every element is computed by one thread the same way, so the bits do not depend on the count.
+// gradients are bitwise identical. The time loop runs on all threads at once: the hidden units are
+// split into slices (a slice's gate columns of the step GEMM and its cell math form one task), a
+// step is one phase of parallel_phases; every element is computed by one task the same way, so the
+// bits do not depend on the thread count.
 #pragma once
 #include <cstdint>
 #include <vector>
