@@ -1,6 +1,9 @@
 // Recurrent layers and backpropagation through time. See recurrent.hpp for the conventions.
 // Internally everything is time-major, (T, B, .), so that a segment of steps is one contiguous
-// block of rows and its input projection and weight gradients are single GEMMs.
+// block of rows and its input projection and weight gradients are single GEMMs. The steps of a
+// segment run as one parallel_phases job, a phase per step and a task per slice of the hidden
+// units: the slice's gate columns of h_{t-1} W_hh^T and its cell math (forward), or its columns of
+// dL/dh_t = dG_{t+1} W_hh and its units' dG_t (backward). No thread sleeps between the steps.
 //
 // Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
 #include "chainrule/recurrent.hpp"
@@ -10,9 +13,11 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "chainrule/dense.hpp"
 #include "chainrule/gemm.hpp"
+#include "chainrule/threads.hpp"
 #include "layers.hpp"
 #include "cells.hpp"
 
@@ -21,6 +26,53 @@ namespace chainrule {
 namespace {
 
 enum class CellKind { rnn, lstm, gru };
+
+// The cell math of the current ISA path, which follows the GEMM's (gemm_isa): every path computes
+// the same bits, the newer ones with wider vectors.
+template <class T>
+const CellKernels<T>& cell_kernels() {
+  static constexpr CellKernels<T> baseline = make_cell_kernels<T>();
+#if CHAINRULE_X86_KERNELS
+  const char* isa = gemm_isa();
+  constexpr bool f32 = std::is_same<T, float>::value;
+  if (std::strcmp(isa, "avx512") == 0) {
+    if constexpr (f32) return cells_isa_v4::f32;
+    else return cells_isa_v4::f64;
+  }
+  if (std::strcmp(isa, "avx2") == 0) {
+    if constexpr (f32) return cells_isa_v3::f32;
+    else return cells_isa_v3::f64;
+  }
+#endif
+  return baseline;
+}
+
+// The width of the slices the time loop splits the H hidden units into: one slice per thread
+// when a step's GEMM (B G H multiply-adds) is a few microseconds of work, in whole pairs of
+// AVX-512 vectors (the micro-panel width) so that the GEMM and the cell loops get no ragged edges
+// but the last; H (one slice) otherwise. Below that (rnnlong: B G H = 16 * 64 * 64) a step is
+// ~1 us: split, it gained little on a quiet machine and lost ~40 % on a busy one, where a
+// preempted thread stalls every phase it holds a part of.
+template <class T>
+index_t time_loop_slice_width(index_t B, index_t H, index_t G) {
+  const int threads = get_num_threads();
+  if (threads <= 1 || double(B) * double(G) * double(H) < 131072.0) return H;
+  const index_t gran = 128 / index_t(sizeof(T)), units = (H + gran - 1) / gran;
+  const index_t parts = std::min<index_t>(threads, units);
+  return std::min(H, (units + parts - 1) / parts * gran);
+}
+
+// sum of x[i]^2 in double, in eight interleaved partial sums (a fixed order, so the same bits
+// wherever it runs; one chain of dependent additions would take 4 cycles an element).
+template <class T>
+double sum_of_squares(const T* x, index_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += double(x[i + j]) * double(x[i + j]);
+  for (int j = 0; i < n; ++i, ++j) acc[j] += double(x[i]) * double(x[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
 
 // Segment length: ceil(sqrt(T)), the checkpoint spacing that minimises states + one segment.
 index_t segment_length(index_t steps) {
@@ -109,7 +161,8 @@ class RecurrentLayer final : public Layer<T> {
     const index_t slots = m == BpttMemory::all ? steps + 1 : nseg;
     const index_t per_cell = slots * BH * (lstm() ? 2 : 1) +
                              (m == BpttMemory::all ? steps * (BG * gate_store + (gru() ? BH : 0)) : 0);
-    index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() ? 3 : 2);
+    // gx, dgx (+ dgh), the slices' gate scratch (BG in all), dh (two slots, GRU three) (+ dc).
+    index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() || gru() ? 3 : 2);
     if (m == BpttMemory::sqrt)
       seg += (S + 1) * BH * (lstm() ? 2 : 1) + S * (BG * gate_store + (gru() ? BH : 0));
     return std::size_t(L_ * per_cell + seg) * sizeof(T);
@@ -152,36 +205,70 @@ class RecurrentLayer final : public Layer<T> {
   bool lstm() const { return kind_ == CellKind::lstm; }
   bool gru() const { return kind_ == CellKind::gru; }
 
+  // Splits the hidden units into slices for the time loop (time_loop_slice_width) and packs each
+  // slice's part of W_hh of cell k: its gate rows for the forward steps, its columns for the
+  // backward steps. A new split starts from fresh buffers, so the workspace stays exact.
+  void prepare_slices(Cache& c, index_t k, index_t B, bool fwd, bool bwd) const {
+    const index_t H = H_, G = G_, q = G_ / H_;
+    const index_t per = time_loop_slice_width<T>(B, H, G), parts = (H + per - 1) / per;
+    if (index_t(c.slices.size()) != parts || c.slices[0].hs != per) {
+      c.slices.clear();
+      c.slices.resize(std::size_t(parts));
+    }
+    const T* Whh = w_hh_[k].value.data();
+    const T* bh = bias_hh(k);
+    for (index_t p = 0; p < parts; ++p) {
+      auto& sl = c.slices[std::size_t(p)];
+      sl.u0 = std::min(p * per, H);
+      sl.hs = std::min(per, H - sl.u0);
+      sl.gh.resize_for_overwrite(checked_mul(B, q * sl.hs));
+      if (fwd) {
+        sl.w.resize_for_overwrite(q * sl.hs * H);
+        sl.b.resize_for_overwrite(bh ? q * sl.hs : 0);
+        for (index_t g = 0; g < q; ++g) {
+          std::memcpy(sl.w.data() + g * sl.hs * H, Whh + (g * H + sl.u0) * H,
+                      std::size_t(sl.hs * H) * sizeof(T));
+          if (bh) std::memcpy(sl.b.data() + g * sl.hs, bh + g * H + sl.u0,
+                              std::size_t(sl.hs) * sizeof(T));
+        }
+        sl.fwd.pack(true, H, q * sl.hs, sl.w.data(), H);
+      }
+      if (bwd) sl.bwd.pack(false, G, sl.hs, Whh + sl.u0, H);
+    }
+  }
+
   // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
   // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
-  // backward needs. xin is the cell's time-major input (T, B, I_k).
+  // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
   void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
                    T* cs, T* gates, T* ghn) const {
-    const index_t H = H_, G = G_, Ik = k == 0 ? I_ : H_;
+    const index_t H = H_, G = G_, BH = B * H_, Ik = k == 0 ? I_ : H_;
     c.gx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
-    c.gh.resize_for_overwrite(checked_mul(B, G));
-    c.tmp.resize_for_overwrite(H_);
     // The input projection of the whole segment: one GEMM over n * B rows.
     dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
-    T* gh = c.gh.data();
-    for (index_t t = 0; t < n; ++t) {
-      const T* hprev = hs + t * B * H;
-      T* hnew = hs + (t + 1) * B * H;
-      // Only h_{t-1} W_hh^T + b_hh inside the loop, with W_hh^T packed once (c.whh_t).
-      const T* bh = bias_hh(k);
-      if (bh)
-        for (index_t b = 0; b < B; ++b) std::memcpy(gh + b * G, bh, std::size_t(G) * sizeof(T));
-      gemm_prepacked<T>(false, B, T(1), hprev, H, c.whh_t, bh ? T(1) : T(0), gh, G);
+    const CellKernels<T>& ck = cell_kernels<T>();
+    const bool bias = bias_;
+    const int parts = int(c.slices.size());
+    // Phase t: step t, each part a slice of the hidden units (reading all of h_{t-1}).
+    parallel_phases(int(n), parts, [&](int t, int p) {
+      auto& sl = c.slices[std::size_t(p)];
+      const T* hprev = hs + t * BH;
+      T* hnew = hs + (t + 1) * BH;
       const T* gx = c.gx.data() + t * B * G;
-      if (kind_ == CellKind::rnn) {
-        rnn_cell_forward(hnew, gx, gh, B * H, relu_);
-      } else if (kind_ == CellKind::lstm) {
-        lstm_cell_forward(hnew, cs + (t + 1) * B * H, gates + t * B * G, cs + t * B * H, gx, gh, B,
-                          H, c.tmp.data());
-      } else {
-        gru_cell_forward(hnew, gates + t * B * G, ghn + t * B * H, hprev, gx, gh, B, H);
-      }
-    }
+      const index_t cols = sl.fwd.N();
+      T* gh = sl.gh.data();
+      const T* bh = bias ? sl.b.data() : nullptr;  // added in the cell
+      // Only h_{t-1} W_hh^T inside the loop, with W_hh^T packed once.
+      gemm_prepacked<T>(false, B, T(1), hprev, H, sl.fwd, T(0), gh, cols);
+      if (kind_ == CellKind::rnn)
+        ck.rnn_forward(hnew, gx, gh, bh, B, H, sl.u0, sl.hs, relu_);
+      else if (kind_ == CellKind::lstm)
+        ck.lstm_forward(hnew, cs + (t + 1) * BH, gates + t * B * G, cs + t * BH, gx, gh, bh, B,
+                        H, sl.u0, sl.hs);
+      else
+        ck.gru_forward(hnew, gates + t * B * G, ghn + t * BH, hprev, gx, gh, bh, B, H, sl.u0,
+                       sl.hs);
+    });
   }
 
   CellKind kind_;
@@ -234,7 +321,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
     CellStore& cl = c->cells[std::size_t(k)];
     const T* xin = k == 0 ? cl.x.data() : c->cells[std::size_t(k - 1)].out.data();
     const bool top = k == L_ - 1;
-    c->whh_t.pack(true, H, G, w_hh_[k].value.data(), H);
+    prepare_slices(*c, k, B, true, false);
     cl.out.resize_for_overwrite(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
     if (keep_all) {
       cl.hs.resize_for_overwrite(checked_mul(steps + 1, BH));
@@ -298,10 +385,13 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   c.step_norms.assign(std::size_t(L_ * steps), 0.0);
   c.dh0.resize_for_overwrite(L_ * BH);
   c.dc0.resize_for_overwrite(lstm() ? L_ * BH : 0);
-  c.dh.resize_for_overwrite(BH);
+  // dL/dh_t lives in slot (t + 1) % slots of the ring dh. Step t's GEMM writes dL/dh_{t-1} into
+  // slot t % slots (only its own units) while other units' norms of step t still read slot
+  // (t + 1) % slots; the GRU also writes its direct path dh z there a step ahead: three slots.
+  const index_t slots = gru() ? 3 : 2;
+  c.dh.resize_for_overwrite(checked_mul(slots, BH));
   c.dc.resize_for_overwrite(lstm() ? BH : 0);
-  c.dprev.resize_for_overwrite(BH);
-  c.tmp.resize_for_overwrite(H);
+  c.row_sq.resize(std::size_t(S * B));
   if (!keep_all) {
     c.seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
     c.seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
@@ -320,13 +410,13 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
       dxin = c.dtm2.data();
     }
     const T* dout = (top && !return_sequences_) ? nullptr : c.dtm.data();
-    T* dh = c.dh.data();
     T* dc = lstm() ? c.dc.data() : nullptr;
     c.dh.fill_zero();
     c.dc.fill_zero();
     const T* Whh = w_hh_[k].value.data();
-    c.whh.pack(false, G, H, Whh, H);
-    if (!keep_all) c.whh_t.pack(true, H, G, Whh, H);  // for recomputing the segments
+    prepare_slices(c, k, B, !keep_all, true);  // !keep_all: the segments are recomputed
+    const CellKernels<T>& ck = cell_kernels<T>();
+    const int parts = int(c.slices.size());
     for (index_t j = nseg - 1; j >= 0; --j) {
       const index_t s = j * S, n = std::min(S, steps - s);
       T *hs, *cs, *gates, *ghn;
@@ -346,34 +436,47 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
       }
       c.dgx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
       c.dgh.resize_for_overwrite(gru() ? checked_mul(checked_mul(n, B), G) : 0);
-      for (index_t t = n - 1; t >= 0; --t) {
-        const index_t tt = s + t;
-        // dL/dh_t = (from the output at t) + (from step t + 1, already in dh)
-        if (dout) {
-          const T* d = dout + tt * BH;
-          for (index_t i = 0; i < BH; ++i) dh[i] += d[i];
-        } else if (tt == steps - 1) {
-          for (index_t i = 0; i < BH; ++i) dh[i] += dy[i];
-        }
-        double sq = 0;
-        for (index_t i = 0; i < BH; ++i) sq += double(dh[i]) * double(dh[i]);
-        c.step_norms[std::size_t(k * steps + tt)] = std::sqrt(sq);
-        const T* hprev = hs + t * BH;
-        const T* hcur = hs + (t + 1) * BH;
+      double* row_sq = c.row_sq.data();
+      T* const dh_ring = c.dh.data();
+      // Per slice of units: dG_t from dL/dh_t (elementwise), then, once every slice of dG_t is
+      // there, the slice's dL/dh_{t-1} = dG_t W_hh (+ the GRU's direct path).
+      auto cell = [&](index_t t, const auto& sl) {
+        const index_t tt = s + t, u0 = sl.u0, u1 = sl.u0 + sl.hs;
+        T* dh = dh_ring + (tt + 1) % slots * BH;
         T* dgx = c.dgx.data() + t * B * G;
-        T* dgh = gru() ? c.dgh.data() + t * B * G : dgx;
-        if (kind_ == CellKind::rnn) {
-          rnn_cell_backward(dgx, dh, hcur, BH, relu_);
-        } else if (kind_ == CellKind::lstm) {
-          lstm_cell_backward(dgx, dc, dh, gates + t * B * G, cs + (t + 1) * BH, cs + t * BH, B, H,
-                             c.tmp.data());
-        } else {
-          gru_cell_backward(dgx, dgh, dh, gates + t * B * G, ghn + t * BH, hprev, B, H);
-        }
-        // dh_{t-1} = dG_t W_hh (+ the GRU's direct path already in dh)
-        gemm_prepacked<T>(false, B, T(1), dgh, G, c.whh, T(0), c.dprev.data(), H);
-        if (gru()) for (index_t i = 0; i < BH; ++i) dh[i] += c.dprev[i];
-        else std::memcpy(dh, c.dprev.data(), std::size_t(BH) * sizeof(T));
+        // dL/dh_t = (from step t + 1, already in dh) + (from the output at t)
+        if (const T* extra = dout ? dout + tt * BH : tt == steps - 1 ? dy : nullptr)
+          for (index_t b = 0; b < B; ++b)
+            for (index_t u = u0; u < u1; ++u) dh[b * H + u] += extra[b * H + u];
+        if (kind_ == CellKind::rnn)
+          ck.rnn_backward(dgx, dh, hs + (t + 1) * BH, B, H, u0, sl.hs, relu_);
+        else if (kind_ == CellKind::lstm)
+          ck.lstm_backward(dgx, dc, dh, gates + t * B * G, cs + (t + 1) * BH, cs + t * BH, B, H,
+                           u0, sl.hs);
+        else  // the direct path dh z goes to dL/dh_{t-1}; the GEMM adds onto it
+          ck.gru_backward(dgx, c.dgh.data() + t * B * G, dh_ring + tt % slots * BH, dh,
+                          gates + t * B * G, ghn + t * BH, hs + t * BH, B, H, u0, sl.hs);
+      };
+      auto back = [&](index_t t, index_t p, const auto& sl) {
+        const index_t tt = s + t;
+        const T* dh = dh_ring + (tt + 1) % slots * BH;
+        const T* dgh = (gru() ? c.dgh.data() : c.dgx.data()) + t * B * G;
+        gemm_prepacked<T>(false, B, T(1), dgh, G, sl.bwd, gru() ? T(1) : T(0),
+                          dh_ring + tt % slots * BH + sl.u0, H);
+        // ||dL/dh_t||^2 by batch rows, each row by one part in a fixed order.
+        for (index_t b = B * p / parts; b < B * (p + 1) / parts; ++b)
+          row_sq[t * B + b] = sum_of_squares(dh + b * H, H);
+      };
+      // Phase j: the back half of step n - j and the cell half of step n - 1 - j.
+      parallel_phases(int(n) + 1, parts, [&](int j, int p) {
+        const auto& sl = c.slices[std::size_t(p)];
+        if (j > 0) back(n - j, p, sl);
+        if (j < n) cell(n - 1 - j, sl);
+      });
+      for (index_t t = 0; t < n; ++t) {
+        double sq = 0;
+        for (index_t b = 0; b < B; ++b) sq += row_sq[t * B + b];
+        c.step_norms[std::size_t(k * steps + s + t)] = std::sqrt(sq);
       }
       // The segment's weight gradients and input gradient as GEMMs over n * B rows:
       // dW_ih += dGx^T x, db_ih += sum dGx, dx = dGx W_ih; dW_hh += dGh^T h_prev, db_hh += sum dGh.
@@ -384,7 +487,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
                      bias_ ? b_hh_[k].grad.data() : nullptr,
                      gru() ? c.dgh.data() : c.dgx.data(), hs, Whh, n * B, H, G);
     }
-    std::memcpy(c.dh0.data() + k * BH, dh, std::size_t(BH) * sizeof(T));
+    std::memcpy(c.dh0.data() + k * BH, c.dh.data(), std::size_t(BH) * sizeof(T));  // slot 0
     if (lstm()) std::memcpy(c.dc0.data() + k * BH, dc, std::size_t(BH) * sizeof(T));
     if (k > 0) std::swap(c.dtm, c.dtm2);
   }
@@ -395,9 +498,10 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   for (const CellStore& cl : c.cells)
     ws += cl.hs.capacity_bytes() + cl.cs.capacity_bytes() + cl.gates.capacity_bytes() +
           cl.ghn.capacity_bytes();
-  for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.gh, &c.dgx,
-                             &c.dgh, &c.dh, &c.dc, &c.dprev})
+  for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.dgx,
+                             &c.dgh, &c.dh, &c.dc})
     ws += b->capacity_bytes();
+  for (const auto& sl : c.slices) ws += sl.gh.capacity_bytes();
   // (The packed copies of W_hh are weights, O(H G) whatever T; they are not BPTT workspace.)
   c.workspace_bytes = ws;
   c.peak_workspace_bytes = std::max(c.peak_workspace_bytes, ws);

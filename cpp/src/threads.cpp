@@ -3,11 +3,13 @@
 // A job is a task function and a count; workers and the caller take task indices from an atomic
 // counter. Workers wait for the next job by spinning on the job generation for a short while, then
 // on a condition variable. Only one job runs at a time; a caller that finds the pool busy runs its
-// tasks inline.
+// tasks inline. parallel_phases runs a sequence of phases as one job: each thread claims parts of
+// the current phase and spins until the phase is complete.
 #include "chainrule/threads.hpp"
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -109,8 +111,10 @@ class Pool {
     t_in_task = false;
   }
 
-  void worker_loop() {
-    std::uint64_t seen = generation_.load(std::memory_order_acquire);
+  // seen: the generation when the worker was created, before the job that needs it is published
+  // (a worker that read it on starting could take that job's generation for an old one and sleep
+  // through the job, which would then run on fewer threads).
+  void worker_loop(std::uint64_t seen) {
     for (;;) {
       // Spin ~200 us for the next job before sleeping.
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
@@ -137,7 +141,8 @@ class Pool {
   }
 
   void ensure_workers(int n) {
-    while (int(workers_.size()) < n) workers_.emplace_back([this] { worker_loop(); });
+    const std::uint64_t now = generation_.load(std::memory_order_acquire);
+    while (int(workers_.size()) < n) workers_.emplace_back([this, now] { worker_loop(now); });
   }
 
   void stop() {
@@ -186,6 +191,53 @@ Pool& pool() {
 }
 
 }  // namespace
+
+void parallel_phases(int phases, int parts, const std::function<void(int, int)>& task) {
+  if (phases <= 0 || parts <= 0) return;
+  // stamp[p]: the last phase whose part p has been claimed; done: tasks finished, all phases.
+  struct alignas(64) Claim {
+    std::atomic<int> phase{-1};
+  };
+  std::unique_ptr<Claim[]> stamp(new Claim[std::size_t(parts)]);
+  alignas(64) std::atomic<long> done{0};
+  std::atomic<bool> failed{false};
+  const int threads = std::min(parts, get_num_threads());
+  parallel_for(threads, [&](int r) {
+    const int home = int(long(r) * parts / threads);
+    for (int k = 0; k < phases; ++k) {
+      // Wait until phase k - 1 is complete (then every part of phase k is unclaimed or taken).
+      // Spin a few hundred us (phases take microseconds), then yield too: with more threads
+      // than free cores the part we wait for may need this core.
+      const long need = long(k) * parts;
+      long d = done.load(std::memory_order_acquire);
+      for (unsigned spins = 0; d < need; ++spins) {
+        if (failed.load(std::memory_order_relaxed)) return;
+        if (spins < (1u << 14)) CHAINRULE_PAUSE();
+        else std::this_thread::yield();
+        d = done.load(std::memory_order_acquire);
+      }
+      if (d >= need + parts) {  // a late thread: phase k is over, catch up
+        k = int(d / parts) - 1;
+        continue;
+      }
+      for (int j = 0; j < parts; ++j) {
+        const int p = (home + j) % parts;
+        int expected = k - 1;
+        if (stamp[std::size_t(p)].phase.load(std::memory_order_relaxed) != expected ||
+            !stamp[std::size_t(p)].phase.compare_exchange_strong(expected, k,
+                                                                 std::memory_order_acq_rel))
+          continue;
+        try {
+          task(k, p);
+        } catch (...) {
+          failed.store(true, std::memory_order_relaxed);
+          throw;
+        }
+        done.fetch_add(1, std::memory_order_acq_rel);
+      }
+    }
+  });
+}
 
 int get_num_threads() { return pool().threads(); }
 

@@ -342,6 +342,51 @@ void test_thread_pool() {
   set_num_threads(before);
 }
 
+// parallel_phases: every (phase, part) once, each phase only after the whole previous one, on 1,
+// 2 and 3 threads (more threads than parts too), nested inside a pool task (inline), and a
+// throwing task ends the run with its exception instead of leaving the others waiting.
+void test_parallel_phases() {
+  const int before = get_num_threads();
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    for (int parts : {1, 2, 5}) {
+      const int phases = 200;
+      std::vector<std::atomic<int>> hits(std::size_t(phases * parts));
+      std::atomic<int> finished{0};  // tasks finished so far
+      std::atomic<bool> ordered{true};
+      parallel_phases(phases, parts, [&](int k, int p) {
+        // Everything of phases < k is finished, nothing of phases > k has started.
+        const int f = finished.load();
+        if (f < k * parts || f > (k + 1) * parts) ordered = false;
+        hits[std::size_t(k * parts + p)]++;
+        finished++;
+      });
+      bool once = true;
+      for (auto& h : hits) once = once && h.load() == 1;
+      const std::string tag = " (threads=" + std::to_string(threads) + ", parts=" +
+                              std::to_string(parts) + ")";
+      check(once, "parallel_phases runs every task exactly once" + tag);
+      check(ordered.load(), "parallel_phases runs a phase only after the previous one" + tag);
+    }
+    std::atomic<int> inner{0};
+    parallel_for(3, [&](int) { parallel_phases(4, 2, [&](int, int) { inner++; }); });
+    check(inner.load() == 24, "parallel_phases inside a pool task runs inline");
+    bool caught = false;
+    std::atomic<int> after{0};
+    try {
+      parallel_phases(50, 2, [&](int k, int p) {
+        if (k == 10 && p == 1) throw std::runtime_error("phase 10");
+        if (k > 10) after++;
+      });
+    } catch (const std::runtime_error& e) {
+      caught = std::string(e.what()) == "phase 10";
+    }
+    check(caught && after.load() == 0,
+          "an exception in parallel_phases is rethrown and no later phase runs");
+  }
+  set_num_threads(before);
+}
+
 void test_network_learns_xor_and_reproduces() {
   auto train = [](std::uint64_t seed, std::vector<float>& weights) {
     std::vector<LayerSpec> layers(3);
@@ -442,6 +487,7 @@ int main() {
   test_losses_and_dense();
   test_sgd_plain_rule();
   test_thread_pool();
+  test_parallel_phases();
   test_network_learns_xor_and_reproduces();
   test_rng();
   test_buffer_moves();

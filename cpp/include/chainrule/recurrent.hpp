@@ -10,7 +10,10 @@
 // per step and computes the weight gradients as one GEMM per segment. With memory "all" every
 // state and gate is kept; with "sqrt" only the state at each segment start is kept and each segment
 // is recomputed just before its backward. Both run the same arithmetic in the same order, so their
-// gradients are bitwise identical.
+// gradients are bitwise identical. The time loop runs on all threads at once: the hidden units are
+// split into slices (a slice's gate columns of the step GEMM and its cell math form one task), a
+// step is one phase of parallel_phases; every element is computed by one task the same way, so the
+// bits do not depend on the thread count.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -45,15 +48,26 @@ struct RecurrentCache : LayerCache {
     Buffer<T> ghn;    // GRU: (T, B, H) W_hn h_{t-1} + b_hn (all mode)
   };
   std::vector<Cell> cells;
-  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, gh, dgx, dgh, dh, dc, dprev, dtm, dtm2, tmp;
+  // The time loop splits the hidden units into slices, one per thread; a slice [u0, u0 + hs)
+  // keeps its own packed parts of W_hh and its gate scratch.
+  struct Slice {
+    index_t u0 = 0, hs = 0;
+    Buffer<T> w, b;  // (q hs, H): the slice's rows of each of the q gate blocks of W_hh; b_hh's
+    Buffer<T> gh;    // (B, q hs): the step's h_{t-1} w^T + b
+    PackedB<T> fwd;  // w^T, for h_{t-1} W_hh^T restricted to the slice's gate columns
+    PackedB<T> bwd;  // W_hh[:, u0:u0+hs], for dh_{t-1} restricted to the slice's units
+  };
+  std::vector<Slice> slices;
+  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, dgx, dgh, dh, dc, dtm, dtm2;
+  std::vector<double> row_sq;  // (S, B): ||dL/dh_t||^2 per batch row, for step_norms
   BpttMemory allocated_for = BpttMemory::all;
-  PackedB<T> whh_t, whh;  // W_hh^T for the forward steps, W_hh for the backward steps
 
   // Frees every internal buffer (when the memory mode changes, so "sqrt" really holds less).
   void release_workspace() {
     cells.clear();
-    for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &gh, &dgx, &dgh, &dh, &dc,
-                         &dprev, &dtm, &dtm2, &tmp})
+    slices.clear();
+    for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &dgx, &dgh, &dh, &dc, &dtm,
+                         &dtm2})
       *b = Buffer<T>();
     peak_workspace_bytes = 0;
   }

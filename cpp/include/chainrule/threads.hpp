@@ -6,6 +6,9 @@
 // another application thread, or from inside a task) runs its tasks inline, in order.
 // Exceptions thrown by tasks are caught in the worker and the first one is rethrown in the caller.
 // After fork(), the child gets a fresh pool (its workers are started on first use).
+//
+// parallel_phases is the other shape of parallelism: a sequence of short phases of parallel
+// tasks run by one pool job, with no hand-off between phases.
 #pragma once
 #include <functional>
 
@@ -19,5 +22,16 @@ void set_num_threads(int n);
 
 // Runs task(i) for i in [0, n) on up to get_num_threads() threads; returns when all are done.
 void parallel_for(int n, const std::function<void(int)>& task);
+
+// Runs task(phase, part) for every phase in [0, phases) and part in [0, parts): all parts of a
+// phase after all parts of the one before, the parts of one phase concurrently on up to
+// min(parts, get_num_threads()) threads (a recurrent layer's time loop: a phase per step, a few
+// microseconds each). Threads wait for a phase's stragglers by spinning, never sleeping. Parts
+// are claimed dynamically (each thread first tries the same ones every phase, for its caches),
+// so a thread that starts late or is preempted only costs the time of the part it holds, and a
+// busy pool (n = 1, inline) runs everything on the caller. Tasks must not depend on which thread
+// runs them. After a task throws, the remaining tasks are skipped and the first exception is
+// rethrown here.
+void parallel_phases(int phases, int parts, const std::function<void(int, int)>& task);
 
 }  // namespace chainrule
