@@ -93,3 +93,44 @@ def test_model_predict_and_training_same_bits_on_every_path(rows):
         np.testing.assert_array_equal(results[isa][0], first[0], err_msg=isa)
         for k, v in first[1].items():
             np.testing.assert_array_equal(results[isa][1][k], v, err_msg=f"{isa} {k}")
+
+
+def _net(seed=0):
+    return cr.Model([cr.Dense(6, 24), cr.Tanh(), cr.Dense(24, 3)], loss="cross_entropy",
+                    optimizer=cr.SGD(lr=0.1), dtype="float64", seed=seed)
+
+
+def test_fit_starts_each_step_from_zero_gradients():
+    """fit writes the Dense gradients in each step's backward instead of zeroing them first:
+    gradients left by an earlier backward must not leak into the first step."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 6))
+    y = rng.integers(0, 3, 40)
+    dirty, clean = _net(), _net()
+    dirty.forward(X[:7])
+    dirty.backward(y[:7])
+    assert any(np.any(g != 0) for g in dirty.grads.values())
+    dirty.fit(X, y, epochs=1, batch_size=8, shuffle=False)
+    clean.fit(X, y, epochs=1, batch_size=8, shuffle=False)
+    for k, v in clean.state_dict().items():
+        np.testing.assert_array_equal(dirty.state_dict()[k], v, err_msg=k)
+
+
+def test_backward_after_fit_accumulates_again():
+    """After fit, backward goes back to accumulating (+=) into the gradients."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((16, 6))
+    y = rng.integers(0, 3, 16)
+    m = _net()
+    m.fit(X, y, epochs=1, batch_size=8, shuffle=False)
+    m.zero_grad()
+    m.forward(X)
+    m.backward(y)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    m.forward(X)
+    m.backward(y)
+    for k, v in m.grads.items():
+        # The bias gradient adds row by row onto the accumulator, so only close to 2x there.
+        np.testing.assert_allclose(v, 2 * once[k], rtol=1e-12, err_msg=k)
+        if k.endswith("weight"):
+            np.testing.assert_array_equal(v, 2 * once[k], err_msg=k)

@@ -33,13 +33,14 @@ void small_gemm(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ar
 bool small_path_available();
 
 // Products this path serves: up to ~64^3 multiply-adds (where a thread hand-off or packing costs
-// as much as the arithmetic), and thin ones (a few rows or columns) up to 2^21, where the
-// GEMM's register tiles would mostly compute padding.
+// as much as the arithmetic), and thin ones (a few rows, columns or depth steps, as next to a
+// 10-class output) up to 2^21, where the GEMM's register tiles would mostly compute padding or
+// its packing would outweigh the arithmetic.
 bool small_product(index_t M, index_t N, index_t K) {
   if (M <= 0 || N <= 0 || K <= 0 || !small_path_available()) return false;
   const double work = double(M) * double(N) * double(K);
   if (work <= 262144.0) return true;
-  return std::min(M, N) <= 16 && work <= 2097152.0;
+  return std::min({M, N, K}) <= 16 && work <= 2097152.0;
 }
 
 #if CHAINRULE_X86_KERNELS
