@@ -134,3 +134,30 @@ def test_backward_after_fit_accumulates_again():
         np.testing.assert_allclose(v, 2 * once[k], rtol=1e-12, err_msg=k)
         if k.endswith("weight"):
             np.testing.assert_array_equal(v, 2 * once[k], err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("B,I,O", [(130, 64, 70), (100, 300, 200), (40, 784, 256), (256, 90, 33)])
+def test_dense_larger_products_same_bits_for_any_thread_count(dtype, threads, B, I, O):
+    """Products above the small path go over the pool in row blocks with the other operand
+    packed once: the GEMM's bits for every thread count (shrunk blocks: several kc and nc)."""
+    before = _core.get_num_threads()
+    try:
+        for blocking in [(0, 0, 0), (24, 50, 64)]:
+            _core.gemm_set_blocking(*blocking)
+            rng = np.random.default_rng(B + I + O)
+            x = rng.standard_normal((B, I)).astype(dtype)
+            w = rng.standard_normal((O, I)).astype(dtype)
+            b = rng.standard_normal(O).astype(dtype)
+            dy = rng.standard_normal((B, O)).astype(dtype)
+            dw0 = rng.standard_normal((O, I)).astype(dtype)
+            _core.set_num_threads(1)
+            y_ref, dx_ref, dw_ref = _gemm_reference(x, w, b, dy, dw0)
+            _core.set_num_threads(threads)
+            np.testing.assert_array_equal(ops.dense_forward(x, w, b), y_ref)
+            dx, dw, _ = ops.dense_backward(dy, x, w, dweight=dw0.copy())
+            np.testing.assert_array_equal(dx, dx_ref)
+            np.testing.assert_array_equal(dw, dw_ref)
+    finally:
+        _core.set_num_threads(before)

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "chainrule/gemm.hpp"
+#include "chainrule/threads.hpp"
 
 #if CHAINRULE_X86_KERNELS
 #include <immintrin.h>
@@ -387,6 +388,36 @@ const T* transposed(const T* W, index_t I, index_t O) {
   return dst;
 }
 
+// The larger products, over the pool: op(B) (the weight, or the activations a gradient GEMM
+// multiplies by) packed once, then row blocks of op(A) as many small tasks, several per thread.
+// gemm splits into one task per thread, each packing all of op(B) again; when another process
+// holds a core, the caller then waits for the whole of a preempted thread's half. With several
+// tasks per thread the caller takes over the blocks not yet started. gemm_prepacked gives
+// gemm's bits, and a row block does not change any element's arithmetic.
+template <class T>
+void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
+                        index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  const int threads = get_num_threads();
+  // Blocks of a multiple of 8 rows (both AVX-512 tiles' row counts divide 8 or 16 well), about
+  // four per thread.
+  const index_t per = std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
+  if (threads <= 1 || M < 2 * per) {
+    gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  thread_local PackedB<T> space;  // per calling thread: predict may run on several at once
+  // A plain reference for the tasks: inside them, the name of a thread_local would denote the
+  // running worker's own (empty) instance.
+  PackedB<T>& packed = space;
+  packed.pack(tb, K, N, B, ldb);
+  const int tasks = int((M + per - 1) / per);
+  parallel_for(tasks, [&packed, ta, per, M, alpha, A, lda, beta, C, ldc](int t) {
+    const index_t lo = index_t(t) * per, len = std::min(per, M - lo);
+    gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, packed, beta,
+                      C + lo * ldc, ldc);
+  });
+}
+
 }  // namespace
 
 template <class T>
@@ -402,7 +433,7 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   else if (small_product(B, O, I))
     small_gemm<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O);
   else
-    gemm<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O);
+    gemm_rows_parallel<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O);
 }
 
 template <class T>
@@ -422,11 +453,11 @@ void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* 
   const T beta = accumulate ? T(1) : T(0);
   if (dx) {
     if (small_product(B, I, O)) small_gemm<T>(B, I, O, T(1), dy, O, 1, W, I, T(0), dx, I);
-    else gemm<T>(false, false, B, I, O, T(1), dy, O, W, I, T(0), dx, I);
+    else gemm_rows_parallel<T>(false, false, B, I, O, T(1), dy, O, W, I, T(0), dx, I);
   }
   if (dW) {
     if (small_product(O, I, B)) small_gemm<T>(O, I, B, T(1), dy, 1, O, x, I, beta, dW, I);
-    else gemm<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
+    else gemm_rows_parallel<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
   }
   if (db) {
     // Row 0 overwrites when not accumulating, with the sum zeroing first would compute.
