@@ -154,6 +154,14 @@ CR_AVX512 void small_gemm_avx512(index_t M, index_t N, index_t K, index_t kc,
     const T beta_k = pc == 0 ? beta : T(1);
     const T* Ap = A + pc * acs;
     const T* Bp = B + pc * ldb;
+    if (M <= 2) {
+      // One or two rows (dx of single-sample predict-and-backward): 4 vectors per row, so that
+      // 4 to 8 independent accumulators hide the FMA latency.
+      for (index_t j = 0; j < N; j += 4 * O::W)
+        tile_rows<O, 4, 2>(M, kb, alpha, Ap, ars, acs, Bp + j, ldb, beta_k, C + j, ldc,
+                           std::min<index_t>(4 * O::W, N - j));
+      continue;
+    }
     // columns in steps of NR (the B micro-panel stays in L1 across the row tiles), then rows
     for (index_t j = 0; j < N; j += NR) {
       const index_t n = std::min<index_t>(NR, N - j);
