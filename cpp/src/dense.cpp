@@ -397,11 +397,12 @@ const T* transposed(const T* W, index_t I, index_t O) {
 }
 
 // The larger products, over the pool: op(B) (the weight, or the activations a gradient GEMM
-// multiplies by) packed once, then row blocks of op(A) as many small tasks, several per thread.
-// gemm splits into one task per thread, each packing all of op(B) again; when another process
-// holds a core, the caller then waits for the whole of a preempted thread's half. With several
-// tasks per thread the caller takes over the blocks not yet started. gemm_prepacked gives
-// gemm's bits, and a row block does not change any element's arithmetic.
+// multiplies by) packed once, in two column halves packed at the same time, then row blocks of
+// op(A) times each half as many small tasks, several per thread. gemm splits into one task per
+// thread, each packing all of op(B) again; when another process holds a core, the caller then
+// waits for the whole of a preempted thread's half. With several tasks per thread the caller
+// takes over the blocks not yet started. gemm_prepacked gives gemm's bits, and neither a row
+// block nor a column half changes any element's arithmetic.
 template <class T>
 void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
                         index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
@@ -413,16 +414,24 @@ void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alp
     gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  thread_local PackedB<T> space;  // per calling thread: predict may run on several at once
-  // A plain reference for the tasks: inside them, the name of a thread_local would denote the
-  // running worker's own (empty) instance.
-  PackedB<T>& packed = space;
-  packed.pack(tb, K, N, B, ldb);
-  const int tasks = int((M + per - 1) / per);
-  parallel_for(tasks, [&packed, ta, per, M, alpha, A, lda, beta, C, ldc](int t) {
-    const index_t lo = index_t(t) * per, len = std::min(per, M - lo);
-    gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, packed, beta,
-                      C + lo * ldc, ldc);
+  // Per calling thread (predict may run on several at once). The tasks get plain pointers:
+  // inside them, the name of a thread_local would denote the running worker's own instance.
+  thread_local PackedB<T> space[2];
+  PackedB<T>* const packs[2] = {&space[0], &space[1]};
+  // Column halves split at a multiple of 32 (every register tile's NR divides it).
+  const index_t n0 = N >= 64 ? std::min(N, (N / 2 + 31) / 32 * 32) : N;
+  const int halves = n0 < N ? 2 : 1;
+  parallel_for(halves, [&packs, tb, n0, N, K, B, ldb](int h) {
+    const index_t j = h ? n0 : 0, n = h ? N - n0 : n0;
+    packs[h]->pack(tb, K, n, tb ? B + j * ldb : B + j, ldb);
+  });
+  const int blocks = int((M + per - 1) / per);
+  parallel_for(halves * blocks, [&packs, halves, ta, per, M, n0, alpha, A, lda, beta, C,
+                                 ldc](int t) {
+    const int h = t % halves;
+    const index_t lo = index_t(t / halves) * per, len = std::min(per, M - lo);
+    gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, *packs[h], beta,
+                      C + lo * ldc + (h ? n0 : 0), ldc);
   });
 }
 
