@@ -360,7 +360,9 @@ void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
   index_t widest = 0;
   for (const SampleShape& s : shapes) widest = std::max(widest, s.size());
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
-  Buffer<T> a(checked_mul(chunk, widest)), b(checked_mul(chunk, widest));
+  Buffer<T> a, b;  // every element is written before it is read: not zeroed
+  a.resize_for_overwrite(checked_mul(chunk, widest));
+  b.resize_for_overwrite(checked_mul(chunk, widest));
   const index_t in_size = shapes.front().size(), out_size = shapes.back().size();
   for (index_t s = 0; s < n; s += chunk) {
     const index_t m = std::min(chunk, n - s);
