@@ -12,11 +12,11 @@ from chainrule import _core, ops
 ISAS = ops.supported_isas()
 DTYPES = [np.float32, np.float64]
 # (B, I, O): rows 1-4 (the GEMV), 5-9 around the 8-row tile, columns around 8 / 16 / 32 lanes,
-# products on both sides of the 64^3 and 2^21 limits.
+# products on both sides of the 64^3 and 2^21 limits, one output (the GEMV with roles swapped).
 SHAPES = [(1, 1, 1), (1, 5, 3), (1, 17, 33), (1, 1024, 300), (2, 33, 16), (3, 16, 17),
           (4, 70, 33), (5, 9, 31), (7, 31, 8), (8, 64, 32), (9, 40, 9), (17, 100, 65),
           (32, 64, 128), (32, 128, 10), (64, 64, 64), (65, 64, 64), (128, 256, 10),
-          (12, 300, 520)]
+          (12, 300, 520), (5, 1, 1), (17, 33, 1), (2048, 128, 1)]
 
 
 @pytest.fixture(autouse=True)

@@ -447,6 +447,11 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   // A few rows (single-sample predict): read W in place. Serial: a GEMV is bound by reading W.
   if (B <= 4 && small_path_available())
     small_gemv_bt<T>(B, O, I, T(1), x, I, W, I, beta, y, O);
+  // One output (a regression head on every time step, B = batch * time rows): y^T = W x^T is
+  // the same GEMV with the roles swapped, and y (B, 1) is laid out as y^T (1, B). Each y_r is
+  // still sum over i of fma(x_ri, W_i) in i order: the same bits.
+  else if (O == 1 && B * I <= 2097152 && small_path_available())
+    small_gemv_bt<T>(1, B, I, T(1), W, I, x, I, beta, y, B);
   else if (small_product(B, O, I))
     small_gemm<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O);
   else
