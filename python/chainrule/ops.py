@@ -4,7 +4,8 @@ Every function accepts array-likes, computes in float32 when all of its floating
 float32 and in float64 otherwise (integer and other float inputs become float64), converts each
 input at most once to a C-contiguous array, and never modifies its inputs. Results are new arrays,
 except where an ``out`` or accumulator argument says otherwise. The work runs in chainrule's C++
-core with the GIL released.
+core with the GIL released (except :func:`gemm` products under 32³ multiply-adds, about a
+microsecond, where releasing it would cost more than the product).
 """
 
 from __future__ import annotations
