@@ -380,3 +380,84 @@ def test_core_gemm_rejects_conversions_and_bad_arguments():
     c.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):  # not pybind11's FloatingPointError
         _core.gemm(a, b, c, False, False, 1.0, 0.0)
+
+
+# ---- the C++ fast path of ops.gemm (_core.gemm_fast) ------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (8, 8, 8), (5, 33, 17), (40, 50, 60), (0, 3, 2),
+                                   (3, 0, 2), (3, 4, 0)])
+def test_gemm_fast_same_bits_as_core_gemm(dtype, trans_a, trans_b, m, n, k):
+    """gemm_fast computes exactly what _core.gemm computes, into a new array or into out."""
+    rng = np.random.default_rng(m * 100 + n * 10 + k)
+    a, b, c = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    want = np.empty((m, n), dtype)
+    _core.gemm(a, b, want, trans_a, trans_b, 1.5, 0.0)
+    got = _core.gemm_fast(a, b, None, trans_a, trans_b, 1.5, 0)
+    assert got is not None and got.dtype == dtype and got.shape == (m, n)
+    np.testing.assert_array_equal(got, want)
+    want2 = c.copy()
+    _core.gemm(a, b, want2, trans_a, trans_b, 0.5, -2.0)
+    out = c.copy()
+    assert _core.gemm_fast(a, b, out, trans_a, trans_b, 0.5, -2.0) is out
+    np.testing.assert_array_equal(out, want2)
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def test_gemm_fast_declines_what_it_does_not_handle():
+    """Anything but plain C-contiguous float arrays and scalars returns None, computing nothing:
+    ops.gemm then converts, or raises its clear error."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal((3, 5)).astype(np.float32)
+    out = np.full((4, 5), 7.0, np.float32)
+    declined = [
+        (a.tolist(), b, None, False, False, 1.0, 0.0),                 # not an ndarray
+        (a, b.astype(np.float64), None, False, False, 1.0, 0.0),       # mixed dtypes
+        (a.astype(np.int64), b, None, False, False, 1.0, 0.0),         # integer
+        (a.astype(np.float16), b, None, False, False, 1.0, 0.0),       # other float
+        (np.asfortranarray(a), b, None, False, False, 1.0, 0.0),       # not C-contiguous
+        (a[:, ::2], b[:2], None, False, False, 1.0, 0.0),              # strided columns
+        (a[0], b, None, False, False, 1.0, 0.0),                       # 1-D
+        (a.view(_Sub), b, None, False, False, 1.0, 0.0),               # a subclass
+        (a, b[:2], None, False, False, 1.0, 0.0),                      # inner dims differ
+        (a, b, None, False, False, np.float32(1.0), 0.0),              # NumPy scalar alpha
+        (a, b, None, False, False, True, 0.0),                         # bool alpha
+        (a, b, None, False, False, 1.0, 1.0),                          # beta without out
+        (a, b, None, False, False, 10 ** 400, 0.0),                    # int too big for a double
+        (a, b, out[:, :4], False, False, 1.0, 0.0),                    # out of the wrong shape
+        (a, b, out.astype(np.float64), False, False, 1.0, 0.0),        # out of another dtype
+    ]
+    ro = out.copy()
+    ro.flags.writeable = False
+    declined.append((a, b, ro, False, False, 1.0, 0.0))                # read-only out
+    big = np.zeros((4, 8), np.float32)
+    declined.append((big[:, :3], b, big[:, 3:8], False, False, 1.0, 0.0))  # strided a
+    shared = np.zeros(40, np.float32)
+    declined.append((shared[:12].reshape(4, 3), b, shared[:20].reshape(4, 5), False, False, 1.0,
+                     0.0))                                             # out overlaps a
+    for args in declined:
+        before = out.copy()
+        assert _core.gemm_fast(*args) is None, args
+        np.testing.assert_array_equal(out, before)
+    with pytest.raises(TypeError):
+        _core.gemm_fast(a, b)
+
+
+def test_ops_gemm_fast_and_checked_paths_agree():
+    """The same product through the fast path and through the checked path (a list input) is
+    the same bits, and bad input still gets the checked path's messages."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((6, 7))
+    b = rng.standard_normal((7, 9))
+    np.testing.assert_array_equal(ops.gemm(a, b), ops.gemm(a.tolist(), b))
+    np.testing.assert_array_equal(ops.gemm(a, b, alpha=2), ops.gemm(a, b, alpha=np.float64(2)))
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        ops.gemm(a, b[:3])
+    with pytest.raises(ValueError, match="out is None"):
+        ops.gemm(a, b, beta=1.0)
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        ops.gemm(a[0], b)

@@ -53,9 +53,12 @@ class DenseLayer final : public Layer<T> {
   }
   void backward(T* dx, const T* dy, const T* x, const T*, index_t batch, const SampleShape& in,
                 LayerCache*) override {
-    dense_backward(dx, weight_.grad.data(), bias_ ? bias_->grad.data() : nullptr, dy, x,
-                   weight_.value.data(), batch * in.rows(), in_, out_);
+    dense_backward_impl(dx, weight_.grad.data(), bias_ ? bias_->grad.data() : nullptr, dy, x,
+                        weight_.value.data(), batch * in.rows(), in_, out_, !overwrite_);
+    overwrite_ = false;
   }
+  bool overwrite_grads_once() override { return overwrite_ = true; }
+  void cancel_overwrite_grads() override { overwrite_ = false; }
   std::vector<Param<T>*> params() override {
     if (bias_) return {&weight_, bias_.get()};
     return {&weight_};
@@ -71,6 +74,7 @@ class DenseLayer final : public Layer<T> {
 
  private:
   index_t in_, out_;
+  bool overwrite_ = false;  // the next backward writes the parameter gradients (=), once
   Param<T> weight_;
   std::unique_ptr<Param<T>> bias_;
 };

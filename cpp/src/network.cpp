@@ -99,13 +99,16 @@ void for_slices(index_t n, F&& f) {
 }
 
 template <class T>
+void zero_param_grad(Param<T>* p) {
+  T* g = p->grad.data();
+  for_slices(p->size(), [g](index_t lo, index_t hi) {
+    std::memset(static_cast<void*>(g + lo), 0, std::size_t(hi - lo) * sizeof(T));
+  });
+}
+
+template <class T>
 void zero_grads(const std::vector<Param<T>*>& params) {
-  for (Param<T>* p : params) {
-    T* g = p->grad.data();
-    for_slices(p->size(), [g](index_t lo, index_t hi) {
-      std::memset(static_cast<void*>(g + lo), 0, std::size_t(hi - lo) * sizeof(T));
-    });
-  }
+  for (Param<T>* p : params) zero_param_grad(p);
 }
 
 template <class T>
@@ -143,8 +146,10 @@ Network<T>::Network(const std::vector<LayerSpec>& specs, index_t input_features,
                                 std::to_string(input_features));
   for (std::size_t i = 0; i < specs.size(); ++i) {
     layers_.push_back(make_layer<T>(specs[i], i));
+    param_begin_.push_back(params_.size());
     for (Param<T>* p : layers_.back()->params()) params_.push_back(p);
   }
+  param_begin_.push_back(params_.size());
   for (auto& l : layers_) caches_.push_back(l->make_cache());
   // Validate that the layers fit together: with a time axis when a recurrent layer needs one.
   bool recurrent = false;
@@ -250,6 +255,13 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
     throw;
   }
   tape_batch_ = batch;
+}
+
+template <class T>
+T* Network<T>::input_slot(index_t batch, const SampleShape& in) {
+  if (acts_.size() != layers_.size() + 1) acts_.resize(layers_.size() + 1);
+  acts_[0].resize_for_overwrite(checked_mul(batch, in.size()));
+  return acts_[0].data();
 }
 
 template <class T>
@@ -395,7 +407,9 @@ void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
   index_t widest = 0;
   for (const SampleShape& s : shapes) widest = std::max(widest, s.size());
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
-  Buffer<T> a(checked_mul(chunk, widest)), b(checked_mul(chunk, widest));
+  Buffer<T> a, b;  // every element is written before it is read: not zeroed
+  a.resize_for_overwrite(checked_mul(chunk, widest));
+  b.resize_for_overwrite(checked_mul(chunk, widest));
   const index_t in_size = shapes.front().size(), out_size = shapes.back().size();
   for (index_t s = 0; s < n; s += chunk) {
     const index_t m = std::min(chunk, n - s);
@@ -426,8 +440,18 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
   lossgrad_.resize_for_overwrite(acts_.back().size());
   const double loss =
       loss_and_grad(lossgrad_.data(), acts_.back().data(), yf, yi, bs, shapes_.back());
-  zero_grads(params_);
-  backward_impl(lossgrad_.data(), false);
+  // Zero gradients: Dense layers write theirs in this backward (the first accumulation with
+  // beta = 0, the same bits as adding to zeros) instead of a separate pass that zeroes them.
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (!layers_[i]->overwrite_grads_once())
+      for (std::size_t j = param_begin_[i]; j < param_begin_[i + 1]; ++j)
+        zero_param_grad(params_[j]);
+  try {
+    backward_impl(lossgrad_.data(), false);
+  } catch (...) {
+    for (auto& l : layers_) l->cancel_overwrite_grads();
+    throw;
+  }
   // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
   // then the weights stay those of the last finite step.
   if (!std::isfinite(loss) || !all_finite(params_)) {
@@ -486,7 +510,8 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   perm_.resize(std::size_t(n));
   std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
   if (opt.shuffle) rng_.shuffle(perm_.data(), n);
-  xb_.resize_for_overwrite(checked_mul(batch_size, xs));
+  // Without BPTT chunks, each minibatch is gathered straight into the tape's input slot.
+  if (k > 0) xb_.resize_for_overwrite(checked_mul(batch_size, xs));
   if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
   else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
   clear_initial_states();
@@ -501,10 +526,11 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   EpochStats st;
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
+    T* const xb = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
     // Gather the minibatch rows in permuted order.
     for (index_t r = 0; r < bs; ++r) {
       const index_t src = perm_[std::size_t(start + r)];
-      std::memcpy(xb_.data() + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
+      std::memcpy(xb + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
       if (yi) std::memcpy(yib_.data() + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
       else std::memcpy(yfb_.data() + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
     }
@@ -512,7 +538,7 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
     const std::int64_t* ybi = yi ? yib_.data() : nullptr;
     const T* ybf = yi ? nullptr : yfb_.data();
     if (k <= 0) {
-      if (!train_step(xb_.data(), ybf, ybi, bs, time, opt, st, b, 0, time)) return st;
+      if (!train_step(xb, ybf, ybi, bs, time, opt, st, b, 0, time)) return st;
       if (opt.stateful) carry();
     } else {
       // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F).

@@ -476,6 +476,52 @@ void test_rng() {
   check(same && in_range, "Rng: same seed, same stream; below(n) < n");
 }
 
+// Dense's own paths (the small kernel, the GEMV for a few rows, row blocks over the pool) give
+// the packed GEMM's bits on every ISA path, thread count and block table.
+template <class T>
+void test_dense_paths_match_gemm(const char* dtype) {
+  Rng rng(2);
+  const index_t shapes[][3] = {{1, 1, 1},  {1, 70, 33}, {2, 17, 40}, {4, 33, 16}, {5, 9, 31},
+                               {9, 40, 9}, {32, 64, 128}, {32, 128, 10}, {130, 64, 70}};
+  const GemmBlocking before = gemm_get_blocking();
+  const int threads = get_num_threads();
+  for (const std::string& isa : gemm_supported_isas())
+    for (int shrink = 0; shrink < 2; ++shrink)
+      for (int nt = 1; nt <= 2; ++nt) {
+        gemm_set_isa(isa);
+        gemm_set_blocking(shrink ? 7 : 0, shrink ? 5 : 0, shrink ? 40 : 0);
+        set_num_threads(nt);
+        for (auto& s : shapes) {
+          const index_t B = s[0], I = s[1], O = s[2];
+          auto x = random_vec<T>(rng, std::size_t(B * I));
+          auto W = random_vec<T>(rng, std::size_t(O * I));
+          auto b = random_vec<T>(rng, std::size_t(O));
+          auto dy = random_vec<T>(rng, std::size_t(B * O));
+          auto dW0 = random_vec<T>(rng, std::size_t(O * I));
+          std::vector<T> y(std::size_t(B * O)), y_ref(std::size_t(B * O));
+          for (index_t r = 0; r < B; ++r)
+            for (index_t o = 0; o < O; ++o) y_ref[std::size_t(r * O + o)] = b[std::size_t(o)];
+          gemm<T>(false, true, B, O, I, T(1), x.data(), I, W.data(), I, T(1), y_ref.data(), O);
+          dense_forward(y.data(), x.data(), W.data(), b.data(), B, I, O);
+          std::vector<T> dx(std::size_t(B * I)), dx_ref(dx.size()), dW = dW0, dW_ref = dW0;
+          std::vector<T> db(std::size_t(O), T(0));
+          gemm<T>(false, false, B, I, O, T(1), dy.data(), O, W.data(), I, T(0), dx_ref.data(), I);
+          gemm<T>(true, false, O, I, B, T(1), dy.data(), O, x.data(), I, T(1), dW_ref.data(), I);
+          dense_backward(dx.data(), dW.data(), db.data(), dy.data(), x.data(), W.data(), B, I, O);
+          const std::string where = std::string("dense paths vs gemm, ") + dtype + " " + isa +
+                                    " B=" + std::to_string(B) + " I=" + std::to_string(I) +
+                                    " O=" + std::to_string(O) + " threads=" + std::to_string(nt) +
+                                    (shrink ? " shrunk" : "");
+          check(y == y_ref, "forward: " + where);
+          check(dx == dx_ref, "dx: " + where);
+          check(dW == dW_ref, "dW: " + where);
+        }
+      }
+  gemm_set_blocking(before.mc, before.kc, before.nc);
+  set_num_threads(threads);
+  gemm_set_isa(gemm_supported_isas().back());
+}
+
 }  // namespace
 
 int main() {
@@ -485,6 +531,8 @@ int main() {
   test_elementwise_paths<double>("f64");
   test_activations();
   test_losses_and_dense();
+  test_dense_paths_match_gemm<float>("f32");
+  test_dense_paths_match_gemm<double>("f64");
   test_sgd_plain_rule();
   test_thread_pool();
   test_parallel_phases();

@@ -4,7 +4,7 @@
 # Network32 / Network64 (bind_network.cpp) are one class per dtype; arrays in and out are flat
 # C-contiguous arrays of that dtype (the Model shapes them), and every array returned is a copy.
 # The TypedDicts below describe returned dicts; they exist only in this stub.
-from typing import Dict, List, Optional, Sequence, Tuple, TypedDict, Union, overload
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict, Union, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -174,6 +174,10 @@ def gemm_ref(a: _F32, b: _F32, c: _F32, trans_a: bool = False, trans_b: bool = F
 @overload
 def gemm_ref(a: _F64, b: _F64, c: _F64, trans_a: bool = False, trans_b: bool = False,
              alpha: float = 1.0, beta: float = 0.0) -> None: ...
+def gemm_fast(a: object, b: object, out: object, trans_a: object, trans_b: object,
+              alpha: object, beta: object) -> Optional[NDArray[Any]]:
+    """out = alpha * op(a) @ op(b) + beta * out for plain C-contiguous float arrays and scalars,
+    or None (nothing computed) for anything else."""
 def gemm_set_blocking(mc: int, kc: int, nc: int) -> None:
     """Sets the GEMM cache block sizes (mc, kc, nc) in elements; 0 restores a default."""
 def gemm_get_blocking() -> Tuple[int, int, int]:

@@ -15,4 +15,11 @@ template <class T>
 void dense_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, index_t B, index_t I,
                     index_t O);
 
+// dense_backward with a choice for the parameter gradients: accumulate (+=, as dense_backward),
+// or overwrite (=, the same bits as zeroing them first and accumulating): the training loop
+// starts each step this way and skips a pass that zeroes them.
+template <class T>
+void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, index_t B,
+                         index_t I, index_t O, bool accumulate);
+
 }  // namespace chainrule

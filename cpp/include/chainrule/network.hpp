@@ -82,6 +82,12 @@ class Layer {
   // Bytes of BPTT workspace one forward + backward of (batch, time) needs with that memory mode.
   virtual std::size_t bptt_workspace(index_t batch, index_t time, BpttMemory m) const { return 0; }
   virtual std::vector<Param<T>*> params() { return {}; }
+  // A training step starts from zero parameter gradients. A layer that can write them (=) in
+  // its next backward, instead of adding (+=) to zeros, returns true here and does so once; the
+  // network zeroes the gradients of the others. cancel_overwrite_grads() takes it back (a step
+  // that failed before that backward).
+  virtual bool overwrite_grads_once() { return false; }
+  virtual void cancel_overwrite_grads() {}
   // PyTorch's default initialisation for the layer's parameters, drawn from rng.
   virtual void reset_parameters(Rng& rng) {}
 };
@@ -225,6 +231,9 @@ class Network {
 
  private:
   void forward_impl(const T* x, index_t batch, index_t time);
+  // acts_[0] sized for a batch, for a caller that gathers the input there (forward_impl then
+  // skips its copy).
+  T* input_slot(index_t batch, const SampleShape& in);
   // One optimizer step on a gathered minibatch: forward, loss, backward, clip, step. Adds to st;
   // returns false when a non-finite loss or gradient stopped it before the step.
   bool train_step(const T* x, const T* yf, const std::int64_t* yi, index_t batch, index_t time,
@@ -244,6 +253,7 @@ class Network {
   index_t input_features_ = 0;
   std::vector<SampleShape> shapes_;  // of the tape: shapes_[i] is the input of layer i
   std::vector<Param<T>*> params_;
+  std::vector<std::size_t> param_begin_;  // params_ of layer i: [param_begin_[i], param_begin_[i+1])
   LossConfig loss_;
   OptimizerConfig opt_;
   std::int64_t steps_ = 0;
