@@ -589,7 +589,10 @@ def dense_backward(
 
 # ---- instruction-set paths -----------------------------------------------------------------
 def gemm_isa() -> str:
-    """The instruction-set path the GEMM kernels run on: "baseline", "avx2" or "avx512".
+    """The instruction-set path the C++ kernels run on: "baseline", "avx2" or "avx512".
+
+    One path serves them all: the GEMM and its packing, the activations, losses, optimizer
+    updates and clipping, and the recurrent cells.
 
     Picked at import as the best this CPU supports; the environment variable ``CHAINRULE_ISA``
     (set before import) or :func:`set_isa` chooses another. Every path computes the same bits.
@@ -603,7 +606,8 @@ def supported_isas() -> Tuple[str, ...]:
 
 
 def set_isa(name: str) -> None:
-    """Switches the GEMM kernels to another supported ISA path (tests use it to run them all).
+    """Switches every C++ kernel (GEMM, elementwise, recurrent cells) to another supported ISA
+    path (tests use it to run them all).
 
     Raises:
         ValueError: the name is unknown or this CPU does not support it.

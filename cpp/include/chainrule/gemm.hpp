@@ -63,8 +63,9 @@ template <class T>
 void gemm_prepacked(bool trans_a, index_t M, T alpha, const T* A, index_t lda,
                     const PackedB<T>& B, T beta, T* C, index_t ldc);
 
-// The instruction-set path GEMM runs on: "baseline" (portable), "avx2" (x86-64-v3) or "avx512"
-// (x86-64-v4). Chosen at first use as the best the CPU supports, or as the environment variable
+// The instruction-set path the kernels run on: "baseline" (portable), "avx2" (x86-64-v3) or
+// "avx512" (x86-64-v4); the GEMM sets it and the elementwise and recurrent-cell tables follow it.
+// Chosen at first use as the best the CPU supports, or as the environment variable
 // CHAINRULE_ISA says. Every path computes the same bits.
 const char* gemm_isa();
 // The paths this CPU supports, oldest first.
