@@ -66,18 +66,34 @@ def time_call(fn: Callable[[], Any], min_time: float, sync: Callable[[Any], Any]
     return calls, timer
 
 
+# OpenBLAS's idle workers keep polling (sched_yield) for about 2^28 cycles, ~0.1 s here, after
+# each call; whatever runs next on the 2 cores meanwhile loses up to half its speed (chainrule's
+# A^T B at n = 1024 measured 98 GFLOP/s straight after a NumPy call, 139 after 0.05 s, 187 after
+# 0.3 s). So the pause after NumPy or scikit-learn is at least this long.
+OPENBLAS_LINGER = 0.3
+
+
+def settle_time(previous: Optional[str], settle: float) -> float:
+    """Seconds to wait before timing the next system, given the one that ran before it."""
+    if previous in ("numpy", "sklearn"):
+        return max(settle, OPENBLAS_LINGER)
+    return settle
+
+
 def _interleaved(timers: Dict[str, Callable[[], Tuple[float, float]]], reps: int, settle: float
                  ) -> Dict[str, List[Tuple[float, float]]]:
     """(seconds per call, cores busy) of each timer, reps times, systems interleaved (rotating
-    order) so that machine noise hits them alike; settle seconds between systems lets the
-    previous system's spinning pool threads go idle."""
+    order) so that machine noise hits them alike; settle seconds between systems (longer after
+    NumPy, see settle_time) lets the previous system's spinning pool threads go idle."""
     out: Dict[str, List[Tuple[float, float]]] = {k: [] for k in timers}
     names = list(timers)
+    previous: Optional[str] = None
     for r in range(reps):
         for k in names[r % len(names):] + names[:r % len(names)]:
             if settle > 0 and len(names) > 1:
-                time.sleep(settle)
+                time.sleep(settle_time(previous, settle))
             out[k].append(timers[k]())
+            previous = k
     return out
 
 

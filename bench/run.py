@@ -283,11 +283,15 @@ def bench_training(w: Any, env: Env, opts: argparse.Namespace) -> Dict[str, Any]
             res["systems"][s] = {"error": f"{type(e).__name__}: {e}"[:200]}
     samples: Dict[str, List[Tuple[float, float, float]]] = {s: [] for s in trainers}
     names = list(trainers)
+    from kernels import settle_time
+    previous = None
     for r in range(opts.reps):
         for s in names[r % len(names):] + names[:r % len(names)] if names else []:
             if opts.settle > 0 and len(names) > 1:
-                time.sleep(opts.settle)  # other systems' spinning pool threads go idle
+                # other systems' spinning pool threads go idle (OpenBLAS's take ~0.1 s)
+                time.sleep(settle_time(previous, opts.settle))
             samples[s].append(_timed(trainers[s], steps[s]))
+            previous = s
     for s, sm in samples.items():
         rates = [steps[s] / dt for dt, _, _ in sm]
         med = _median(rates)
