@@ -19,7 +19,7 @@ KERNELS = {"gemm": _core.gemm, "gemm_ref": _core.gemm_ref}
 DEFAULT_BLOCKING = _core.gemm_get_blocking()
 
 # Sizes around the register tiles (4 x 8 float, 4 x 4 double today; 6, 8, 12, 14, 16, 32 are
-# common tile sizes of ISA-specific kernels) and the default cache blocks (256 / 512 / 4096).
+# common tile sizes of ISA-specific kernels) and the default cache blocks (256 / 1024 / 2048).
 TILE_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 17, 31, 33]
 
 

@@ -21,21 +21,22 @@ namespace chainrule {
 // Block sizes, in elements, one table for float and double. What each block keeps in cache
 // (the CI machines are Zen 4: 32 KiB L1d and 1 MiB L2 per core, 32 MiB L3 shared):
 //   KC: depth of a packed panel, and how often the C tile is read and written back: once per KC
-//       of depth. At KC = 512 a kc x NR micro-panel of B (64 KiB) is read from L2 rather than L1,
-//       which the kernels absorb (one 128-byte B row per 16 or 28 FMAs), while halving the C
-//       traffic of KC = 256 measured 4-8 % faster at n = 2048, float and double, one thread
-//       (CPU time), and within the noise at the training shapes of bench/.
-//   MC: rows of the packed A block, mc x kc = 512 KiB float / 1 MiB double: streamed from L2
-//       while every micro-panel of the B panel passes it.
-//   NC: columns of the packed B panel, kc x nc = 8 MiB float / 16 MiB double: stays in L3 while
-//       all of A streams through L2.
+//       of depth. At KC = 1024 a kc x NR micro-panel of B (128 KiB float) is read from L2 rather
+//       than L1, which the kernels absorb (one 128-byte B row per 16 or 28 FMAs), while each
+//       halving of the C traffic measured faster at n = 2048 on 2 threads: KC 256 -> 512 -> 1024
+//       gave 193 -> 200 -> 210 GFLOP/s float and 90 -> 99 -> 103 double; the training shapes of
+//       bench/ (K <= 1024) stayed within the noise.
+//   MC: rows of the packed A block, mc x kc = 1 MiB float / 2 MiB double: streamed through L2
+//       (one MR x kc micro-panel at a time) while every micro-panel of the B panel passes it.
+//   NC: columns of the packed B panel, kc x nc = 8 MiB float / 16 MiB double, in L3 while all
+//       of A streams past it; NC 4096 measured no faster and doubles the per-thread buffer.
 // Any positive sizes are correct (the driver handles partial blocks); tests shrink them to reach
 // every edge with small matrices. The three values are separate atomics: a reader racing a writer
 // can see a mix of old and new sizes, which is still a valid table.
 namespace {
 constexpr index_t kDefaultMC = 256;
-constexpr index_t kDefaultKC = 512;
-constexpr index_t kDefaultNC = 4096;
+constexpr index_t kDefaultKC = 1024;
+constexpr index_t kDefaultNC = 2048;
 std::atomic<index_t> g_mc{kDefaultMC};
 std::atomic<index_t> g_kc{kDefaultKC};
 std::atomic<index_t> g_nc{kDefaultNC};
