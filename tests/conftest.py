@@ -27,6 +27,18 @@ if "torch" in sys.modules and sys.modules["torch"] is None:
     sys.meta_path.insert(0, _TorchBlocker())
 
 
+@pytest.fixture(autouse=True)
+def restore_core_settings():
+    """Every test leaves the process as it found it: the ISA path, the thread count and the GEMM
+    block table (tests switch all three to reach every path)."""
+    from chainrule import _core, get_num_threads, ops, set_num_threads
+    isa, threads, blocking = ops.gemm_isa(), get_num_threads(), _core.gemm_get_blocking()
+    yield
+    ops.set_isa(isa)
+    set_num_threads(threads)
+    _core.gemm_set_blocking(*blocking)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)

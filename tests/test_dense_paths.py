@@ -19,14 +19,6 @@ SHAPES = [(1, 1, 1), (1, 5, 3), (1, 17, 33), (1, 1024, 300), (2, 33, 16), (3, 16
           (12, 300, 520), (5, 1, 1), (17, 33, 1), (2048, 128, 1)]
 
 
-@pytest.fixture(autouse=True)
-def restore():
-    isa = ops.gemm_isa()
-    yield
-    ops.set_isa(isa)
-    _core.gemm_set_blocking(0, 0, 0)
-
-
 def _gemm_reference(x, w, b, dy, dw0):
     """The same products through _core.gemm (the packed GEMM), bias through beta = 1."""
     B, O = dy.shape

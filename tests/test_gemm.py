@@ -23,14 +23,6 @@ DEFAULT_BLOCKING = _core.gemm_get_blocking()
 TILE_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 17, 31, 33]
 
 
-@pytest.fixture(autouse=True)
-def default_blocking():
-    """Every test starts from and leaves the default block sizes."""
-    _core.gemm_set_blocking(0, 0, 0)
-    yield
-    _core.gemm_set_blocking(0, 0, 0)
-
-
 def operands(rng, m, n, k, trans_a, trans_b, dtype):
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)

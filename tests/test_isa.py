@@ -13,14 +13,6 @@ ISAS = ops.supported_isas()
 SIZES = [1, 3, 5, 6, 7, 13, 14, 15, 16, 17, 31, 32, 33, 45]
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = ops.gemm_isa()
-    yield
-    ops.set_isa(before)
-    ops._core.gemm_set_blocking(0, 0, 0)
-
-
 def _run_all_paths(a, b, c0, **kw):
     outs = {}
     for isa in ISAS:

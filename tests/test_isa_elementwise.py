@@ -13,13 +13,6 @@ ISAS = ops.supported_isas()
 SHAPES = [(1, 1), (2, 3), (1, 15), (2, 16), (1, 17), (3, 31), (2, 33), (5, 100), (1, 1000)]
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = ops.gemm_isa()
-    yield
-    ops.set_isa(before)
-
-
 def _on_every_path(fn):
     """{isa: fn()} with each supported path switched on in turn."""
     out = {}

@@ -42,14 +42,6 @@ TILE_EDGES = sorted({0, 1, 2, 3} | {t + d for t in _TILES for d in (-1, 0, 1)} |
 dims = st.one_of(st.sampled_from(TILE_EDGES), st.integers(0, 70))
 
 
-@pytest.fixture(autouse=True)
-def restore_isa_and_threads():
-    isa, threads = ops.gemm_isa(), cr.get_num_threads()
-    yield
-    ops.set_isa(isa)
-    cr.set_num_threads(threads)
-
-
 def on_every_path(fn: Callable[[], object]) -> List[object]:
     """fn() on every ISA path at every thread count; its results, in that order."""
     out = []

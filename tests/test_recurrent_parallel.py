@@ -27,14 +27,6 @@ KINDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def restore_threads_and_isa():
-    threads, isa = cr.get_num_threads(), ops.gemm_isa()
-    yield
-    cr.set_num_threads(threads)
-    ops.set_isa(isa)
-
-
 def _train(kind, dtype, memory="all", H=70, B=32, T=11, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((2 * B, T, 5)).astype(dtype)

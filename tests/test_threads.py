@@ -8,13 +8,6 @@ import chainrule as cr
 from chainrule import ops
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = cr.get_num_threads()
-    yield
-    cr.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_same_bits_for_any_thread_count(dtype):
     rng = np.random.default_rng(0)
