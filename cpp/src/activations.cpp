@@ -70,20 +70,11 @@ double cost(Activation a, bool backward) {  // 0: never split
   }
 }
 
-// run(begin, end) over [0, units), in at most get_num_threads() pieces of multiples of align.
+// run(begin, end) over [0, units) in pieces of multiples of align, over the pool when the
+// weighted work pays for the hand-off.
 template <class F>
 void split(index_t units, index_t align, double work, const F& run) {
-  const int threads = work >= kParallelWork ? get_num_threads() : 1;
-  const index_t pieces = std::min<index_t>(threads, units / align);
-  if (pieces < 2) {
-    run(index_t(0), units);
-    return;
-  }
-  const index_t per = ((units + pieces - 1) / pieces + align - 1) / align * align;
-  parallel_for(int(pieces), [&](int t) {
-    const index_t begin = index_t(t) * per, end = std::min(units, begin + per);
-    if (begin < end) run(begin, end);
-  });
+  parallel_ranges(units, align, work >= kParallelWork ? units : 1, run);
 }
 
 }  // namespace

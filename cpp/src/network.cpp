@@ -84,18 +84,9 @@ void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf
 // the optimizer update) are memory-bound and otherwise run on one core while the others wait.
 // Every slice gets the same elementwise arithmetic, so the result is the same for any split.
 template <class F>
-void for_slices(index_t n, F&& f) {
+void for_slices(index_t n, const F& f) {
   constexpr index_t kGrain = index_t(1) << 15;  // elements per slice, at least
-  const index_t parts = std::min<index_t>(get_num_threads(), n / kGrain);
-  if (parts <= 1) {
-    if (n > 0) f(index_t(0), n);
-    return;
-  }
-  const index_t per = ((n + parts - 1) / parts + 15) / 16 * 16;
-  parallel_for(int((n + per - 1) / per), [&](int t) {
-    const index_t lo = index_t(t) * per;
-    f(lo, std::min(n, lo + per));
-  });
+  parallel_ranges(n, 16, n / kGrain, f);
 }
 
 template <class T>

@@ -10,6 +10,8 @@
 // parallel_phases is the other shape of parallelism: a sequence of short phases of parallel
 // tasks run by one pool job, with no hand-off between phases.
 #pragma once
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 
 namespace chainrule {
@@ -33,5 +35,24 @@ void parallel_for(int n, const std::function<void(int)>& task);
 // runs them. After a task throws, the remaining tasks are skipped and the first exception is
 // rethrown here.
 void parallel_phases(int phases, int parts, const std::function<void(int, int)>& task);
+
+// Runs run(begin, end) over [0, units) in at most max_pieces pieces (and no more than there are
+// threads), each starting at a multiple of align units; in one call run(0, units) when that makes
+// fewer than two pieces. For elementwise work whose result does not depend on the split.
+template <class F>
+void parallel_ranges(std::int64_t units, std::int64_t align, std::int64_t max_pieces,
+                     const F& run) {
+  const std::int64_t pieces =
+      std::min<std::int64_t>({std::int64_t(get_num_threads()), max_pieces, units / align});
+  if (pieces < 2) {
+    if (units > 0) run(std::int64_t(0), units);
+    return;
+  }
+  const std::int64_t per = ((units + pieces - 1) / pieces + align - 1) / align * align;
+  parallel_for(int(pieces), [&](int t) {
+    const std::int64_t begin = std::int64_t(t) * per, end = std::min(units, begin + per);
+    if (begin < end) run(begin, end);
+  });
+}
 
 }  // namespace chainrule
