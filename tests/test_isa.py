@@ -27,7 +27,10 @@ def _run_all_paths(a, b, c0, **kw):
 def test_paths_agree_bitwise_and_match_numpy(dtype, trans_a, trans_b):
     rng = np.random.default_rng(7)
     ops._core.gemm_set_blocking(20, 9, 40)  # small blocks: every edge of the blocking too
-    for m, n, k in [(14, 32, 9), (15, 33, 10), (13, 31, 17), (45, 17, 5), (1, 45, 45), (6, 16, 8)]:
+    # n = 100 and 70: several full B panels on every path (the copy packing's k-blocked sweep),
+    # with depth blocks of 9 and 3 (not multiples of its 8-row blocks).
+    for m, n, k in [(14, 32, 9), (15, 33, 10), (13, 31, 17), (45, 17, 5), (1, 45, 45), (6, 16, 8),
+                    (9, 100, 21), (30, 70, 12)]:
         a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
         b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
         c0 = rng.standard_normal((m, n)).astype(dtype)

@@ -177,6 +177,30 @@ void pack_panel(idx w, idx h, idx depth, const typename O::T* X, idx rs, idx cs,
 template <class O>
 void pack_all(idx w, idx rows, idx depth, const typename O::T* X, idx rs, idx cs,
               typename O::T* dst) {
+  using T = typename O::T;
+  constexpr idx L = O::L;
+  const idx full = rows / w;
+  if (rs == 1 && w % L == 0 && full > 1) {
+    // The copy case over several full panels: blocks of 8 source rows (k) outside, panels
+    // inside. Panel by panel, each k would read w values from a different row, a stride of cs
+    // apart (4 KiB in a 1024-wide weight): one demand miss per row, which the prefetchers do not
+    // follow across pages. Eight rows side by side stream, and each panel still receives 8 whole
+    // k rows at a time. A cold 1024 x 1024 float weight packs in 0.19 ns per element instead of
+    // 0.45 (0.11 instead of 0.20 from L3).
+    constexpr idx KB = 8;
+    for (idx k0 = 0; k0 < depth; k0 += KB) {
+      const idx kn = depth - k0 < KB ? depth - k0 : KB;
+      for (idx p = 0; p < full; ++p) {
+        const T* src = X + k0 * cs + p * w;
+        T* d = dst + p * w * depth + k0 * w;
+        for (idx k = 0; k < kn; ++k)
+          for (idx r0 = 0; r0 < w; r0 += L) O::storeu(d + k * w + r0, O::loadu(src + k * cs + r0));
+      }
+    }
+    X += full * w;
+    dst += full * w * depth;
+    rows -= full * w;
+  }
   for (idx r0 = 0; r0 < rows; r0 += w, dst += w * depth)
     pack_panel<O>(w, rows - r0 < w ? rows - r0 : w, depth, X + r0 * rs, rs, cs, dst);
 }
