@@ -150,3 +150,35 @@ def test_large_activations_same_bits_on_one_and_two_threads(dtype, name):
         assert _same_bits(a, b)
     if name not in ("softmax", "log_softmax"):  # elementwise: any cut gives the same values
         assert _same_bits(out[2][0][:, :5], ops.activation(name, x[:, :5], negative_slope=0.2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_all_finite_on_every_path_and_thread_count(dtype, threads):
+    """_core.all_finite finds one NaN or inf anywhere: first, last, either side of its 4096-element
+    blocks and of the threads' slices; extreme finite values (max, tiny, subnormal, -0) pass."""
+    cr.set_num_threads(threads)
+    info = np.finfo(dtype)
+    for n in [0, 1, 15, 16, 17, 4095, 4096, 4097, 70001, 200003]:
+        x = np.linspace(-3, 3, n).astype(dtype)
+        if n >= 4:
+            x[:4] = [info.max, -info.max, info.smallest_subnormal, -0.0]
+        for isa in ISAS:
+            ops.set_isa(isa)
+            assert ops._core.all_finite(x), (isa, n)
+        for pos in sorted({0, n // 3, 4095, 4096, n // 2, n // 2 + 1, n - 1}):
+            if not 0 <= pos < n:
+                continue
+            for bad in [np.nan, np.inf, -np.inf, -np.nan]:
+                y = x.copy()
+                y[pos] = bad
+                for isa in ISAS:
+                    ops.set_isa(isa)
+                    assert not ops._core.all_finite(y), (isa, n, pos, bad)
+    # Any shape, C-contiguous; another dtype or layout is a TypeError, not a silent copy.
+    assert ops._core.all_finite(np.ones((3, 4, 5), dtype))
+    assert not ops._core.all_finite(np.full((3, 4, 5), np.inf, dtype))
+    with pytest.raises(TypeError):
+        ops._core.all_finite(np.ones((4, 4), dtype)[:, ::2])
+    with pytest.raises(TypeError):
+        ops._core.all_finite(np.ones(4, np.int64))

@@ -12,6 +12,7 @@
 
 #include "chainrule/activations.hpp"
 #include "chainrule/dense.hpp"
+#include "chainrule/finite.hpp"
 #include "chainrule/gemm.hpp"
 #include "chainrule/losses.hpp"
 #include "chainrule/threads.hpp"
@@ -453,7 +454,22 @@ void bind_dense(py::module_& m) {
 }
 
 template <class T>
+void bind_finite(py::module_& m) {
+  m.def(
+      "all_finite",
+      [](const carray<T>& x) {
+        const T* p = x.data();
+        const index_t n = index_t(x.size());
+        py::gil_scoped_release nogil;
+        return all_finite<T>(p, n);
+      },
+      "True when no element of x (C-contiguous, any shape) is NaN or +-inf.",
+      py::arg("x").noconvert());
+}
+
+template <class T>
 void bind_all(py::module_& m) {
+  bind_finite<T>(m);
   bind_gemm<T>(m);
   bind_activations<T>(m);
   bind_losses<T>(m);

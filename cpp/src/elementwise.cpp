@@ -2,9 +2,12 @@
 // so that gemm_set_isa / CHAINRULE_ISA switch the GEMM and the elementwise work together.
 #include "elementwise.hpp"
 
+#include <atomic>
 #include <cstring>
 
+#include "chainrule/finite.hpp"
 #include "chainrule/gemm.hpp"
+#include "chainrule/threads.hpp"
 
 namespace chainrule {
 namespace elem {
@@ -23,4 +26,20 @@ template <> const ElemOps<float>& ops<float>() { return kernels().f32; }
 template <> const ElemOps<double>& ops<double>() { return kernels().f64; }
 
 }  // namespace elem
+
+template <class T>
+bool all_finite(const T* x, index_t n) {
+  const elem::ElemOps<T>& ops = elem::ops<T>();
+  std::atomic<bool> bad{false};
+  // Slices of whole cache lines; one slice per thread above 32 K elements each.
+  parallel_ranges(n, 16, n / 32768, [&](std::int64_t lo, std::int64_t hi) {
+    if (!bad.load(std::memory_order_relaxed) && !ops.all_finite(x + lo, hi - lo))
+      bad.store(true, std::memory_order_relaxed);
+  });
+  return !bad.load(std::memory_order_relaxed);
+}
+
+template bool all_finite<float>(const float*, index_t);
+template bool all_finite<double>(const double*, index_t);
+
 }  // namespace chainrule

@@ -54,6 +54,8 @@ struct ElemOps {
   double (*max_abs)(const T* g, idx n);
   void (*scale)(T* g, idx n, T coef);
   void (*clamp)(T* g, idx n, T lo, T hi);
+  // True when no element is NaN or +-inf.
+  bool (*all_finite)(const T* x, idx n);
 };
 
 struct ElemKernels {

@@ -188,6 +188,8 @@ def gemm_supported_isas() -> List[str]:
     """The ISA paths this CPU supports."""
 def gemm_set_isa(name: str) -> None:
     """Switches the GEMM ISA path (tests run every one)."""
+def all_finite(x: np.ndarray) -> bool:
+    """True when no element of x (float32 or float64, C-contiguous, any shape) is NaN or +-inf."""
 def available_memory() -> int:
     """Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the
     cgroup limit); 0 when unknown."""

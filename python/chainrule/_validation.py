@@ -87,10 +87,18 @@ def _check_copy_fits(a: np.ndarray, dtype: Any, name: str) -> None:
 def _check_finite(a: np.ndarray, name: str, source_dtype: np.dtype) -> None:
     if a.dtype.kind != "f" or a.size == 0:
         return
-    # One reduction answers "all finite?" cheaply; the detailed scan runs only on failure.
-    with np.errstate(invalid="ignore", over="ignore"):
-        if np.isfinite(a.sum(dtype=np.float64) * 0):
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
+        from . import _core
+
+        # One pass over the exponent bits, on the pool (a float64 sum of float32 data took
+        # 3 ms per 4 M elements, 1-2 % of a fit over the wide benchmark's minibatches).
+        if _core.all_finite(a):
             return
+    else:
+        # One reduction answers "all finite?" cheaply; the detailed scan runs only on failure.
+        with np.errstate(invalid="ignore", over="ignore"):
+            if np.isfinite(a.sum(dtype=np.float64) * 0):
+                return
     if np.isnan(a).any():
         raise ValueError(f"Input {name} contains NaN.")
     if not np.isfinite(a).all():

@@ -1,0 +1,12 @@
+// Finiteness checks over whole arrays, on the current ISA path and the thread pool.
+#pragma once
+#include "chainrule/tensor.hpp"
+
+namespace chainrule {
+
+// True when none of x[0], ..., x[n - 1] is NaN or +-inf. Arrays above ~64 K elements are split
+// over the pool; the answer does not depend on the split.
+template <class T>
+bool all_finite(const T* x, index_t n);
+
+}  // namespace chainrule
