@@ -153,3 +153,30 @@ def test_dense_larger_products_same_bits_for_any_thread_count(dtype, threads, B,
             np.testing.assert_array_equal(dw, dw_ref)
     finally:
         _core.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("B,O", [(300, 500), (520, 333), (64, 4100)])
+def test_bias_broadcast_and_gradient_split_over_threads(dtype, threads, B, O):
+    """Above ~64 K elements the bias rows of the forward and the bias gradient's column sums run
+    on the pool; each db_o still adds dy's rows in order: the bits of a row-by-row sum."""
+    rng = np.random.default_rng(B * O)
+    x = rng.standard_normal((B, 8)).astype(dtype)
+    w = rng.standard_normal((O, 8)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dy = rng.standard_normal((B, O)).astype(dtype)
+    db0 = rng.standard_normal(O).astype(dtype)
+    _core.set_num_threads(1)
+    y1 = ops.dense_forward(x, w, b)
+    _core.set_num_threads(threads)
+    np.testing.assert_array_equal(ops.dense_forward(x, w, b), y1)
+    fresh = np.zeros(O, dtype)
+    acc = db0.copy()
+    for r in range(B):
+        fresh += dy[r]
+        acc += dy[r]
+    _, _, db = ops.dense_backward(dy, x, w, dbias=np.zeros(O, dtype))
+    np.testing.assert_array_equal(db, fresh)
+    _, _, db = ops.dense_backward(dy, x, w, dbias=db0.copy())
+    np.testing.assert_array_equal(db, acc)

@@ -95,3 +95,24 @@ def test_child_process_can_train_after_parent_used_threads(method):
     status, value = q.get(timeout=5)
     assert status == "ok", value
     assert np.isfinite(value)
+
+
+def test_wide_regression_history_same_bits_for_1_2_3_threads():
+    """A wide output (batches of 256 x 600 targets) gathers its minibatches, sums its R² terms
+    and broadcasts and reduces its biases on the pool: history and weights the same bits for any
+    thread count."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((600, 40)).astype(np.float32)
+    y = (X[:, :1] * rng.standard_normal((1, 600)) + rng.standard_normal((600, 600))).astype(
+        np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        cr.set_num_threads(threads)
+        m = cr.Model([cr.Dense(40, 64), cr.ReLU(), cr.Dense(64, 600)], loss="mse",
+                     optimizer=cr.SGD(lr=0.01), seed=2)
+        h = m.fit(X, y, epochs=2, batch_size=256)
+        results.append((m.state_dict(), h.history))
+    for sd, hist in results[1:]:
+        assert hist == results[0][1]
+        for k in sd:
+            assert np.array_equal(sd[k], results[0][0][k]), k

@@ -441,8 +441,10 @@ template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
-  if (b)
-    for (index_t r = 0; r < B; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
+  if (b)  // rows over the pool above ~64 K elements (a 256 x 1024 minibatch: 1 MiB of copies)
+    parallel_ranges(B, 1, B * O / 65536, [=](std::int64_t r0, std::int64_t r1) {
+      for (index_t r = r0; r < r1; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
+    });
   const T beta = b ? T(1) : T(0);
   // A few rows (single-sample predict): read W in place. Serial: a GEMV is bound by reading W.
   if (B <= 4 && small_path_available())
@@ -482,18 +484,21 @@ void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* 
     else gemm_rows_parallel<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
   }
   if (db) {
-    // Row 0 overwrites when not accumulating, with the sum zeroing first would compute.
-    index_t r = 0;
-    if (!accumulate) {
-      if (B == 0) std::fill(db, db + O, T(0));
-      for (index_t o = 0; B > 0 && o < O; ++o) db[o] = T(0) + dy[o];  // -0 becomes +0, as in 0 += -0
-      r = 1;
-    }
-    for (; r < B; ++r) {
-      const T* __restrict row = dy + r * O;
-      T* __restrict acc = db;
-      for (index_t o = 0; o < O; ++o) acc[o] += row[o];
-    }
+    // Column slices over the pool above ~64 K elements; each db_o still adds the rows in order.
+    parallel_ranges(O, 16, B * O / 65536, [=](std::int64_t o0, std::int64_t o1) {
+      // Row 0 overwrites when not accumulating, with the sum zeroing first would compute.
+      index_t r = 0;
+      if (!accumulate) {
+        if (B == 0) std::fill(db + o0, db + o1, T(0));
+        for (index_t o = o0; B > 0 && o < o1; ++o) db[o] = T(0) + dy[o];  // -0 becomes +0, as in 0 += -0
+        r = 1;
+      }
+      for (; r < B; ++r) {
+        const T* __restrict row = dy + r * O;
+        T* __restrict acc = db;
+        for (index_t o = o0; o < o1; ++o) acc[o] += row[o];
+      }
+    });
   }
 }
 

@@ -51,13 +51,18 @@ void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf
       st.sum_yy.assign(std::size_t(C), 0.0);
       st.sum_sq_err.assign(std::size_t(C), 0.0);
     }
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t c = 0; c < C; ++c) {
-        const double t = double(yf[r * C + c]), e = double(pred[r * C + c]) - t;
-        st.sum_y[std::size_t(c)] += t;
-        st.sum_yy[std::size_t(c)] += t * t;
-        st.sum_sq_err[std::size_t(c)] += e * e;
-      }
+    // Column slices over the pool above ~64 K elements (a wide regression output); each
+    // column's sums still add the rows in order.
+    double *sy = st.sum_y.data(), *syy = st.sum_yy.data(), *see = st.sum_sq_err.data();
+    parallel_ranges(C, 8, rows * C / 65536, [=](std::int64_t c0, std::int64_t c1) {
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = c0; c < c1; ++c) {
+          const double t = double(yf[r * C + c]), e = double(pred[r * C + c]) - t;
+          sy[c] += t;
+          syy[c] += t * t;
+          see[c] += e * e;
+        }
+    });
     st.counted += rows;
     return;
   }
@@ -503,13 +508,18 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
     T* const xb = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
-    // Gather the minibatch rows in permuted order.
-    for (index_t r = 0; r < bs; ++r) {
-      const index_t src = perm_[std::size_t(start + r)];
-      std::memcpy(xb + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
-      if (yi) std::memcpy(yib_.data() + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
-      else std::memcpy(yfb_.data() + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
-    }
+    // Gather the minibatch rows in permuted order (rows over the pool above ~64 K elements).
+    const std::int64_t* const perm = perm_.data() + start;
+    std::int64_t* const ybi_dst = yi ? yib_.data() : nullptr;
+    T* const ybf_dst = yi ? nullptr : yfb_.data();
+    parallel_ranges(bs, 1, bs * (xs + ys) / 65536, [=](std::int64_t r0, std::int64_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        const index_t src = perm[r];
+        std::memcpy(xb + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
+        if (yi) std::memcpy(ybi_dst + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
+        else std::memcpy(ybf_dst + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
+      }
+    });
     if (!opt.stateful || bs != carried_batch) clear_initial_states();
     const std::int64_t* ybi = yi ? yib_.data() : nullptr;
     const T* ybf = yi ? nullptr : yfb_.data();
