@@ -146,9 +146,11 @@ constexpr KernelTable kAvx2{
 constexpr KernelTable kAvx512{
     "avx512",
     {14, 32, &isa_v4::ukernel_avx512_f32_14x32, &isa_v4::pack_panels_f32, "avx512_f32_14x32"},
-    {8, 32, &isa_v4::ukernel_avx512_f32_8x32, &isa_v4::pack_panels_f32, "avx512_f32_8x32"},
+    {8, 32, &isa_v4::ukernel_avx512_f32_8x32, &isa_v4::pack_panels_f32, "avx512_f32_8x32",
+     &isa_v4::ukernel_avx512_f32_8x32_sa},
     {14, 16, &isa_v4::ukernel_avx512_f64_14x16, &isa_v4::pack_panels_f64, "avx512_f64_14x16"},
-    {8, 16, &isa_v4::ukernel_avx512_f64_8x16, &isa_v4::pack_panels_f64, "avx512_f64_8x16"}};
+    {8, 16, &isa_v4::ukernel_avx512_f64_8x16, &isa_v4::pack_panels_f64, "avx512_f64_8x16",
+     &isa_v4::ukernel_avx512_f64_8x16_sa}};
 constexpr const KernelTable* kTables[] = {&kBaseline, &kAvx2, &kAvx512};
 #else
 constexpr const KernelTable* kTables[] = {&kBaseline};
@@ -415,7 +417,13 @@ void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t
   const index_t MR = uk.mr, NR = uk.nr;
   const index_t M = m1 - m0;
   mc = std::min(mc, M);
-  T* const Ap = pack_space<T>().get(checked_mul(round_up(mc, MR), std::min(kc, K)));
+  // Small blocks of op(A) (up to 64 KiB: a minibatch's rows, or one time step's h in BPTT) are
+  // read in place by the strided kernel where the path has one: packing them would cost as much
+  // as the few B micro-panels each is multiplied by. Only a last partial tile is packed.
+  const bool in_place =
+      uk.run_sa && checked_mul(mc, std::min(kc, K)) * index_t(sizeof(T)) <= 65536;
+  const index_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+  T* const Ap = pack_space<T>().get(checked_mul(in_place ? MR : round_up(mc, MR), std::min(kc, K)));
   const T* block = packed;
   // loop 5: jc over N in steps of NC
   for (index_t jc = 0; jc < N; jc += nc) {
@@ -429,14 +437,21 @@ void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t
         // loop 3: ic over this range's rows in steps of MC
         for (index_t ic = m0; ic < m1; ic += mc) {
           const index_t mb = std::min(mc, m1 - ic);
-          pack_a(uk.pack, MR, ta, mb, kb, ta ? A + pc * lda + ic : A + ic * lda + pc, lda,
-                 Ap);
+          auto a_at = [&](index_t i) { return A + i * ars + pc * acs; };
+          const index_t full = in_place ? mb / MR * MR : 0;  // rows read in place
+          if (full < mb) pack_a(uk.pack, MR, ta, mb - full, kb, a_at(ic + full), lda, Ap);
           // loop 2: jr over this range's micro-panels; loop 1: ir over MR rows
           for (index_t jr = j_lo - jc; jr < j_hi - jc; jr += NR) {
             const index_t n = std::min(NR, nb - jr);
-            for (index_t ir = 0; ir < mb; ir += MR)
-              uk.run(kb, alpha, Ap + ir * kb, block + jr * kb, beta_k,
-                     C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mb - ir), n);
+            for (index_t ir = 0; ir < mb; ir += MR) {
+              T* const c = C + (ic + ir) * ldc + jc + jr;
+              if (ir < full)
+                uk.run_sa(kb, alpha, a_at(ic + ir), ars, acs, block + jr * kb, beta_k, c, ldc,
+                          MR, n);
+              else
+                uk.run(kb, alpha, Ap + (ir - full) * kb, block + jr * kb, beta_k, c, ldc,
+                       std::min(MR, mb - ir), n);
+            }
           }
         }
       }

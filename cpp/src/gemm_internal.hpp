@@ -50,6 +50,12 @@ template <class T>
 using Ukernel = void (*)(index_t kc, T alpha, const T* a, const T* b, T beta, T* c, index_t ldc,
                          index_t m, index_t n);
 
+// The same tile with op(A) read where it lies instead of packed: a(i, k) = a[i * ars + k * acs],
+// for full tiles only (m == MR). The same arithmetic, so the same bits as run on packed panels.
+template <class T>
+using UkernelSA = void (*)(index_t kc, T alpha, const T* a, index_t ars, index_t acs, const T* b,
+                           T beta, T* c, index_t ldc, index_t m, index_t n);
+
 // A micro-kernel with its register tile; the driver reads MR and NR from here, so a kernel with
 // another tile (an ISA-specific one) plugs in without touching the driver or the packing.
 template <class T>
@@ -59,6 +65,7 @@ struct MicroKernel {
   Ukernel<T> run;
   PackFn<T> pack;  // packs both operands for this kernel's path
   const char* name;
+  UkernelSA<T> run_sa = nullptr;  // the strided twin, where the path has one
 };
 
 // Portable kernels, vectorised by the compiler for whatever the baseline ISA is (SSE2 on x86-64).
@@ -95,6 +102,12 @@ void ukernel_avx512_f32_8x32(index_t kc, float alpha, const float* a, const floa
                              float* c, index_t ldc, index_t m, index_t n);
 void ukernel_avx512_f64_8x16(index_t kc, double alpha, const double* a, const double* b,
                              double beta, double* c, index_t ldc, index_t m, index_t n);
+void ukernel_avx512_f32_8x32_sa(index_t kc, float alpha, const float* a, index_t ars,
+                                index_t acs, const float* b, float beta, float* c, index_t ldc,
+                                index_t m, index_t n);
+void ukernel_avx512_f64_8x16_sa(index_t kc, double alpha, const double* a, index_t ars,
+                                index_t acs, const double* b, double beta, double* c,
+                                index_t ldc, index_t m, index_t n);
 }  // namespace isa_v4
 #endif
 

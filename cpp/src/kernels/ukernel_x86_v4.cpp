@@ -31,18 +31,20 @@ inline __mmask8 lanes8(std::int64_t cols) {
 // register file; MR = 8 serves row counts that 14 divides badly (a batch of 32: 3 x 14 = 42 rows
 // computed for 32, 24 % wasted, against exactly 4 x 8).
 namespace {  // internal linkage: no weak symbol a baseline caller could bind to
+// a(i, k) = a[k * acs + i * ars]: a packed micro-panel (ars = 1, acs = MR, both constants), or
+// op(A) read where it lies (the strided twins below).
 template <int MR>
-inline void ukernel_f32_x32(std::int64_t kc, float alpha, const float* a, const float* b,
-                            float beta, float* c, std::int64_t ldc, std::int64_t m,
-                            std::int64_t n) {
+inline void ukernel_f32_x32(std::int64_t kc, float alpha, const float* a, std::int64_t ars,
+                            std::int64_t acs, const float* b, float beta, float* c,
+                            std::int64_t ldc, std::int64_t m, std::int64_t n) {
   __m512 acc[MR][2];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 32) {
+  for (std::int64_t k = 0; k < kc; ++k, a += acs, b += 32) {
     const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
+      const __m512 ai = _mm512_set1_ps(a[i * ars]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
@@ -68,29 +70,29 @@ inline void ukernel_f32_x32(std::int64_t kc, float alpha, const float* a, const 
 void ukernel_avx512_f32_14x32(std::int64_t kc, float alpha, const float* a, const float* b,
                               float beta, float* c, std::int64_t ldc, std::int64_t m,
                               std::int64_t n) {
-  ukernel_f32_x32<14>(kc, alpha, a, b, beta, c, ldc, m, n);
+  ukernel_f32_x32<14>(kc, alpha, a, 1, 14, b, beta, c, ldc, m, n);
 }
 
 void ukernel_avx512_f32_8x32(std::int64_t kc, float alpha, const float* a, const float* b,
                              float beta, float* c, std::int64_t ldc, std::int64_t m,
                              std::int64_t n) {
-  ukernel_f32_x32<8>(kc, alpha, a, b, beta, c, ldc, m, n);
+  ukernel_f32_x32<8>(kc, alpha, a, 1, 8, b, beta, c, ldc, m, n);
 }
 
 // double: MR x 16 tile (MR = 14: 28 zmm accumulators; MR = 8 as for float).
 namespace {
 template <int MR>
-inline void ukernel_f64_x16(std::int64_t kc, double alpha, const double* a, const double* b,
-                            double beta, double* c, std::int64_t ldc, std::int64_t m,
-                            std::int64_t n) {
+inline void ukernel_f64_x16(std::int64_t kc, double alpha, const double* a, std::int64_t ars,
+                            std::int64_t acs, const double* b, double beta, double* c,
+                            std::int64_t ldc, std::int64_t m, std::int64_t n) {
   __m512d acc[MR][2];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_pd();
-  for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 16) {
+  for (std::int64_t k = 0; k < kc; ++k, a += acs, b += 16) {
     const __m512d b0 = _mm512_loadu_pd(b), b1 = _mm512_loadu_pd(b + 8);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const __m512d ai = _mm512_set1_pd(a[i]);
+      const __m512d ai = _mm512_set1_pd(a[i * ars]);
       acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
     }
@@ -116,13 +118,27 @@ inline void ukernel_f64_x16(std::int64_t kc, double alpha, const double* a, cons
 void ukernel_avx512_f64_14x16(std::int64_t kc, double alpha, const double* a, const double* b,
                               double beta, double* c, std::int64_t ldc, std::int64_t m,
                               std::int64_t n) {
-  ukernel_f64_x16<14>(kc, alpha, a, b, beta, c, ldc, m, n);
+  ukernel_f64_x16<14>(kc, alpha, a, 1, 14, b, beta, c, ldc, m, n);
 }
 
 void ukernel_avx512_f64_8x16(std::int64_t kc, double alpha, const double* a, const double* b,
                              double beta, double* c, std::int64_t ldc, std::int64_t m,
                              std::int64_t n) {
-  ukernel_f64_x16<8>(kc, alpha, a, b, beta, c, ldc, m, n);
+  ukernel_f64_x16<8>(kc, alpha, a, 1, 8, b, beta, c, ldc, m, n);
+}
+
+// Strided twins of the 8-row kernels: every one of the 8 rows of op(A) read in place,
+// a(i, k) = a[i * ars + k * acs] (the caller passes full tiles only: m == 8).
+void ukernel_avx512_f32_8x32_sa(std::int64_t kc, float alpha, const float* a, std::int64_t ars,
+                                std::int64_t acs, const float* b, float beta, float* c,
+                                std::int64_t ldc, std::int64_t m, std::int64_t n) {
+  ukernel_f32_x32<8>(kc, alpha, a, ars, acs, b, beta, c, ldc, m, n);
+}
+
+void ukernel_avx512_f64_8x16_sa(std::int64_t kc, double alpha, const double* a, std::int64_t ars,
+                                std::int64_t acs, const double* b, double beta, double* c,
+                                std::int64_t ldc, std::int64_t m, std::int64_t n) {
+  ukernel_f64_x16<8>(kc, alpha, a, ars, acs, b, beta, c, ldc, m, n);
 }
 
 }  // namespace isa_v4
