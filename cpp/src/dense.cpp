@@ -15,6 +15,7 @@
 
 #include "chainrule/gemm.hpp"
 #include "chainrule/threads.hpp"
+#include "elementwise.hpp"
 
 #if CHAINRULE_X86_KERNELS
 #include <immintrin.h>
@@ -498,20 +499,19 @@ void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* 
     else gemm_rows_parallel<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
   }
   if (db) {
-    // Column slices over the pool above ~64 K elements; each db_o still adds the rows in order.
-    parallel_ranges(O, 16, B * O / 65536, [=](std::int64_t o0, std::int64_t o1) {
+    // Column slices over the pool above ~64 K elements; each db_o still adds the rows in order
+    // (elem col_sums: column blocks in registers on the current ISA path).
+    const elem::ElemOps<T>& ops = elem::ops<T>();
+    parallel_ranges(O, 16, B * O / 65536, [=, &ops](std::int64_t o0, std::int64_t o1) {
+      if (B == 0) {
+        if (!accumulate) std::fill(db + o0, db + o1, T(0));
+        return;
+      }
       // Row 0 overwrites when not accumulating, with the sum zeroing first would compute.
-      index_t r = 0;
-      if (!accumulate) {
-        if (B == 0) std::fill(db + o0, db + o1, T(0));
-        for (index_t o = o0; B > 0 && o < o1; ++o) db[o] = T(0) + dy[o];  // -0 becomes +0, as in 0 += -0
-        r = 1;
-      }
-      for (; r < B; ++r) {
-        const T* __restrict row = dy + r * O;
-        T* __restrict acc = db;
-        for (index_t o = o0; o < o1; ++o) acc[o] += row[o];
-      }
+      if (!accumulate)
+        for (index_t o = o0; o < o1; ++o) db[o] = T(0) + dy[o];  // -0 becomes +0, as in 0 += -0
+      const index_t r = accumulate ? 0 : 1;
+      ops.col_sums(db + o0, dy + r * O + o0, B - r, o1 - o0, O);
     });
   }
 }

@@ -56,6 +56,8 @@ struct ElemOps {
   void (*clamp)(T* g, idx n, T lo, T hi);
   // True when no element is NaN or +-inf.
   bool (*all_finite)(const T* x, idx n);
+  // acc[c] += x[r * ldx + c] for r = 0..rows-1 in order, c < cols (a bias gradient).
+  void (*col_sums)(T* acc, const T* x, idx rows, idx cols, idx ldx);
 };
 
 struct ElemKernels {

@@ -458,6 +458,28 @@ bool all_finite(const T* x, idx n) {
   return true;
 }
 
+// Column blocks of 64 held in local accumulators (registers at AVX-512 width) while the rows
+// stream past; each column still adds its rows in order, whatever the block or vector width.
+template <class T>
+void col_sums(T* acc, const T* x, idx rows, idx cols, idx ldx) {
+  constexpr idx kBlock = 64;
+  idx c0 = 0;
+  for (; c0 + kBlock <= cols; c0 += kBlock) {
+    T a[kBlock];
+    for (idx j = 0; j < kBlock; ++j) a[j] = acc[c0 + j];
+    for (idx r = 0; r < rows; ++r) {
+      const T* xr = x + r * ldx + c0;
+      for (idx j = 0; j < kBlock; ++j) a[j] += xr[j];
+    }
+    for (idx j = 0; j < kBlock; ++j) acc[c0 + j] = a[j];
+  }
+  for (idx c = c0; c < cols; ++c) {  // the last columns: one running sum each
+    T a = acc[c];
+    for (idx r = 0; r < rows; ++r) a += x[r * ldx + c];
+    acc[c] = a;
+  }
+}
+
 template <class T>
 void clamp(T* g, idx n, T lo, T hi) {
   for (idx i = 0; i < n; ++i) {
@@ -470,7 +492,8 @@ template <class T>
 constexpr ElemOps<T> table() {
   return ElemOps<T>{&act_forward<T>, &act_backward<T>, &mse<T>, &bce<T>, &bce_logits<T>,
                     &cross_entropy_prob<T>, &cross_entropy_index<T>, &sgd<T>, &adam<T>,
-                    &sum_squares<T>, &max_abs<T>, &scale<T>, &clamp<T>, &all_finite<T>};
+                    &sum_squares<T>, &max_abs<T>, &scale<T>, &clamp<T>, &all_finite<T>,
+                    &col_sums<T>};
 }
 
 }  // namespace
