@@ -127,3 +127,25 @@ def test_time_loop_right_after_the_pool_restarts():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done"
+
+
+@pytest.mark.filterwarnings("ignore:vanishing gradient")  # the diagnostic, on 13 steps of noise
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("sequences", [True, False])
+def test_stacked_cells_same_bits_in_both_memory_modes(kind, sequences):
+    """Two stacked cells: the lower cell's output sequence is read from its kept states (all) or
+    from its own copy (sqrt checkpoints); training gives the same bits either way."""
+    results = []
+    for memory in ("all", "sqrt"):
+        rng = np.random.default_rng(3)
+        X = rng.standard_normal((24, 13, 5)).astype(np.float32)
+        Y = rng.standard_normal((24, 13, 1) if sequences else (24, 1)).astype(np.float32)
+        cell = {"rnn_tanh": lambda **kw: cr.RNN(5, 40, nonlinearity="tanh", **kw),
+                "rnn_relu": lambda **kw: cr.RNN(5, 40, nonlinearity="relu", **kw),
+                "lstm": lambda **kw: cr.LSTM(5, 40, **kw),
+                "gru": lambda **kw: cr.GRU(5, 40, **kw)}[kind]
+        m = cr.Model([cell(num_layers=2, return_sequences=sequences), cr.Dense(40, 1)], loss="mse", optimizer=cr.SGD(lr=0.05), seed=4)
+        hist = m.fit(X, Y, epochs=2, batch_size=12, shuffle=False, bptt_memory=memory,
+                     record_grad_norms=True)
+        results.append((m.state_dict(), hist.loss, hist.timestep_grad_norms))
+    _assert_same(results[0], results[1], "all vs sqrt")

@@ -257,6 +257,13 @@ class RecurrentLayer final : public Layer<T> {
   // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
   // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
   // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
+  // Cell k's output sequence (T, B, H), time-major: with every state kept, h_1 .. h_T already lie
+  // contiguous in the states (slot 0 is h_0), so no copy is made.
+  const T* seq_out(const Cache& c, index_t k) const {
+    const auto& cl = c.cells[std::size_t(k)];
+    return c.memory == BpttMemory::all ? cl.hs.data() + c.B * H_ : cl.out.data();
+  }
+
   void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
                    T* cs, T* gates, T* ghn) const {
     const index_t H = H_, G = G_, BH = B * H_, Ik = k == 0 ? I_ : H_;
@@ -336,10 +343,11 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
   }
   for (index_t k = 0; k < L_; ++k) {
     CellStore& cl = c->cells[std::size_t(k)];
-    const T* xin = k == 0 ? cl.x.data() : c->cells[std::size_t(k - 1)].out.data();
+    const T* xin = k == 0 ? cl.x.data() : seq_out(*c, k - 1);
     const bool top = k == L_ - 1;
     prepare_slices(*c, k, B, true, false);
-    cl.out.resize_for_overwrite(top && !return_sequences_ ? 0 : checked_mul(steps, BH));
+    cl.out.resize_for_overwrite(keep_all || (top && !return_sequences_) ? 0
+                                                                        : checked_mul(steps, BH));
     if (keep_all) {
       cl.hs.resize_for_overwrite(checked_mul(steps + 1, BH));
       cl.cs.resize_for_overwrite(lstm() ? checked_mul(steps + 1, BH) : 0);
@@ -382,7 +390,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
       }
     }
   }
-  if (return_sequences_) to_batch_first(y, c->cells.back().out.data(), B, steps, H);
+  if (return_sequences_) to_batch_first(y, seq_out(*c, L_ - 1), B, steps, H);
   else std::memcpy(y, c->hn.data() + (L_ - 1) * BH, std::size_t(BH) * sizeof(T));
 }
 
@@ -418,7 +426,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   for (index_t k = L_ - 1; k >= 0; --k) {
     CellStore& cl = c.cells[std::size_t(k)];
     const index_t Ik = k == 0 ? I_ : H_;
-    const T* xin = k == 0 ? cl.x.data() : c.cells[std::size_t(k - 1)].out.data();
+    const T* xin = k == 0 ? cl.x.data() : seq_out(c, k - 1);
     const bool top = k == L_ - 1;
     // Gradient w.r.t. this cell's input sequence: the next lower cell's output gradient, or dx.
     T* dxin = nullptr;
