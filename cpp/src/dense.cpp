@@ -335,7 +335,7 @@ bool small_path_available() {
 #if CHAINRULE_X86_KERNELS
   // Follows the GEMM's ISA path (tests switch it to run every one); gemm enabled avx512 only on
   // a CPU that has it.
-  return std::strcmp(gemm_isa(), "avx512") == 0;
+  return gemm_isa_level() == 2;
 #else
   return false;
 #endif

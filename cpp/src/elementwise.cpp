@@ -14,10 +14,11 @@ namespace elem {
 
 const ElemKernels& kernels() {
 #if CHAINRULE_X86_KERNELS
-  // gemm_isa() names a path the CPU supports (gemm.cpp checks before it switches).
-  const char* isa = gemm_isa();
-  if (std::strcmp(isa, x86_v4::kernels.isa) == 0) return x86_v4::kernels;
-  if (std::strcmp(isa, x86_v3::kernels.isa) == 0) return x86_v3::kernels;
+  // The GEMM's path is one the CPU supports (gemm.cpp checks before it switches). Called per
+  // layer and per parameter in every training step, so by number, not by name.
+  const int level = gemm_isa_level();
+  if (level == 2) return x86_v4::kernels;
+  if (level == 1) return x86_v3::kernels;
 #endif
   return baseline::kernels;
 }
@@ -30,6 +31,7 @@ template <> const ElemOps<double>& ops<double>() { return kernels().f64; }
 template <class T>
 bool all_finite(const T* x, index_t n) {
   const elem::ElemOps<T>& ops = elem::ops<T>();
+  if (n < 65536) return ops.all_finite(x, n);  // one slice: no hand-off machinery
   std::atomic<bool> bad{false};
   // Slices of whole cache lines; one slice per thread above 32 K elements each.
   parallel_ranges(n, 16, n / 32768, [&](std::int64_t lo, std::int64_t hi) {

@@ -545,6 +545,16 @@ template void gemm_prepacked<double>(bool, index_t, double, const double*, index
 
 const char* gemm_isa() { return gemm_detail::kernel_table().isa; }
 
+int gemm_isa_level() {
+  const gemm_detail::KernelTable* t = &gemm_detail::kernel_table();
+#if CHAINRULE_X86_KERNELS
+  if (t == &gemm_detail::kAvx512) return 2;
+  if (t == &gemm_detail::kAvx2) return 1;
+#endif
+  (void)t;
+  return 0;
+}
+
 std::vector<std::string> gemm_supported_isas() {
   std::vector<std::string> out;
   for (const auto* t : gemm_detail::kTables)

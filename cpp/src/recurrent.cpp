@@ -33,13 +33,13 @@ template <class T>
 const CellKernels<T>& cell_kernels() {
   static constexpr CellKernels<T> baseline = make_cell_kernels<T>();
 #if CHAINRULE_X86_KERNELS
-  const char* isa = gemm_isa();
+  const int level = gemm_isa_level();
   constexpr bool f32 = std::is_same<T, float>::value;
-  if (std::strcmp(isa, "avx512") == 0) {
+  if (level == 2) {
     if constexpr (f32) return cells_isa_v4::f32;
     else return cells_isa_v4::f64;
   }
-  if (std::strcmp(isa, "avx2") == 0) {
+  if (level == 1) {
     if constexpr (f32) return cells_isa_v3::f32;
     else return cells_isa_v3::f64;
   }

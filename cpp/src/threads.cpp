@@ -179,8 +179,13 @@ std::once_flag g_atfork_once;
 void reset_after_fork_in_child() { g_pool.store(nullptr); }
 
 Pool& pool() {
-  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &reset_after_fork_in_child); });
+  // Fast path first: libstdc++'s call_once sets thread-locals on every call, which cost about 7 %
+  // of an xor training step (get_num_threads runs several times per step). The fork handler is
+  // registered below, before the first pool exists, so the child always sees it.
   Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &reset_after_fork_in_child); });
+  p = g_pool.load(std::memory_order_acquire);
   if (!p) {
     static std::mutex create;
     std::lock_guard<std::mutex> lk(create);

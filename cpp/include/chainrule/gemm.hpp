@@ -68,6 +68,9 @@ void gemm_prepacked(bool trans_a, index_t M, T alpha, const T* A, index_t lda,
 // Chosen at first use as the best the CPU supports, or as the environment variable
 // CHAINRULE_ISA says. Every path computes the same bits.
 const char* gemm_isa();
+// The same path as a number (0 baseline, 1 avx2, 2 avx512): a load and two comparisons, for the
+// dispatchers that ask on every call (tiny training steps ask many times per microsecond).
+int gemm_isa_level();
 // The paths this CPU supports, oldest first.
 std::vector<std::string> gemm_supported_isas();
 // Switches path (tests run every one); std::invalid_argument for an unknown or unsupported name.

@@ -34,11 +34,19 @@ struct MatrixView {
 };
 
 // a * b, or std::length_error when it does not fit in index_t (no wrap-around, no huge malloc).
-inline index_t checked_mul(index_t a, index_t b) {
+namespace detail {
+[[noreturn]] [[gnu::cold]] [[gnu::noinline]] inline void throw_bad_product(index_t a, index_t b) {
   if (a < 0 || b < 0) throw std::invalid_argument("negative size");
-  if (a != 0 && b > std::numeric_limits<index_t>::max() / a)
-    throw std::length_error("size " + std::to_string(a) + " x " + std::to_string(b) + " overflows");
-  return a * b;
+  throw std::length_error("size " + std::to_string(a) + " x " + std::to_string(b) + " overflows");
+}
+}  // namespace detail
+
+// a * b for sizes, or an exception for a negative size or an overflow. The check inlines to a
+// few instructions; the message is built out of line (a tiny training step calls this often).
+inline index_t checked_mul(index_t a, index_t b) {
+  index_t r;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) detail::throw_bad_product(a, b);
+  return r;
 }
 
 // ---- memory the machine can back -----------------------------------------------------------
