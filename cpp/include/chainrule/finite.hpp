@@ -4,8 +4,8 @@
 
 namespace chainrule {
 
-// True when none of x[0], ..., x[n - 1] is NaN or +-inf. Arrays above ~64 K elements are split
-// over the pool; the answer does not depend on the split.
+// True when none of x[0], ..., x[n - 1] is NaN or +-inf. Arrays of 1 M elements and more are
+// split over the pool; the answer does not depend on the split.
 template <class T>
 bool all_finite(const T* x, index_t n);
 
