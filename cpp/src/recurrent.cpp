@@ -254,9 +254,6 @@ class RecurrentLayer final : public Layer<T> {
     }
   }
 
-  // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
-  // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
-  // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
   // Cell k's output sequence (T, B, H), time-major: with every state kept, h_1 .. h_T already lie
   // contiguous in the states (slot 0 is h_0), so no copy is made.
   const T* seq_out(const Cache& c, index_t k) const {
@@ -264,6 +261,9 @@ class RecurrentLayer final : public Layer<T> {
     return c.memory == BpttMemory::all ? cl.hs.data() + c.B * H_ : cl.out.data();
   }
 
+  // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
+  // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
+  // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
   void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
                    T* cs, T* gates, T* ghn) const {
     const index_t H = H_, G = G_, BH = B * H_, Ik = k == 0 ? I_ : H_;
