@@ -275,6 +275,37 @@ def test_dense_matches_reference(dtype, x_shape, with_bias):
         np.testing.assert_allclose(got, want, **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_fast_and_checked_paths_agree(dtype):
+    """2-D C-contiguous ndarrays of one dtype take a direct call; other inputs (lists, Fortran
+    order, mixed dtypes) the checked path. Same results, and bad shapes still name both shapes."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((37, 70)).astype(dtype)
+    w = rng.standard_normal((45, 70)).astype(dtype)
+    b = rng.standard_normal(45).astype(dtype)
+    dy = rng.standard_normal((37, 45)).astype(dtype)
+    y_fast = ops.dense_forward(x, w, b)
+    y_checked = ops.dense_forward(np.asfortranarray(x), w.tolist(), b)
+    assert y_fast.dtype == dtype and y_checked.dtype == np.float64
+    np.testing.assert_array_equal(ops.dense_forward(np.asfortranarray(x), w, b), y_fast)
+    np.testing.assert_allclose(y_checked, y_fast, rtol=1e-4, atol=1e-4)  # float64 vs dtype
+    fast = ops.dense_backward(dy, x, w)
+    checked = ops.dense_backward(np.asfortranarray(dy), x, w)
+    for f, c in zip(fast, checked):
+        assert f.dtype == dtype
+        np.testing.assert_array_equal(f, c)
+    dx, dw, db = ops.dense_backward(dy, x, w, need_input_grad=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, fast[1])
+    np.testing.assert_array_equal(db, fast[2])
+    with pytest.raises(ValueError, match=r"x has shape \(37, 70\) and weight has shape \(45, 69\)"):
+        ops.dense_forward(x, w[:, :69].copy())
+    with pytest.raises(ValueError, match=r"bias has shape \(44,\)"):
+        ops.dense_forward(x, w, b[:44].copy())
+    with pytest.raises(ValueError, match=r"dy has shape \(37, 44\)"):
+        ops.dense_backward(dy[:, :44].copy(), x, w)
+
+
 def test_dense_backward_accumulates_into_given_gradients():
     rng = np.random.default_rng(12)
     x, w, dy = rng.standard_normal((6, 3)), rng.standard_normal((2, 3)), rng.standard_normal((6, 2))

@@ -57,6 +57,7 @@ REDUCTIONS: Tuple[str, ...] = ("mean", "sum")
 
 # The derivative of these is a function of the output y alone (tanh' = 1 - y^2, sigmoid' = y(1 - y),
 # relu' = [y > 0], ...): the C++ backward reads y and ignores x.
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _NEEDS_ONLY_Y = frozenset(("identity", "sigmoid", "tanh", "relu", "softmax", "log_softmax"))
 
 
@@ -504,6 +505,19 @@ def dense_forward(
         TypeError: An input is not numeric.
         ValueError: The shapes do not fit together.
     """
+    # The common call, 2-D C-contiguous ndarrays of one float dtype, goes straight to the core
+    # (the checks below cost ~11 us, twice the arithmetic of a 32 x 64 x 128 layer). The core
+    # checks shapes itself and raises the same ValueError.
+    if (type(x) is np.ndarray and type(weight) is np.ndarray and x.ndim == 2
+            and weight.ndim == 2 and x.dtype == weight.dtype and x.dtype in _FAST_DTYPES
+            and x.flags.c_contiguous and weight.flags.c_contiguous
+            and x.shape[1] == weight.shape[1]
+            and (bias is None or (type(bias) is np.ndarray and bias.dtype == x.dtype
+                                  and bias.shape == weight.shape[:1]
+                                  and bias.flags.c_contiguous))):
+        y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+        _core.dense_forward(y, x, weight, bias)
+        return y
     x_arr, w_arr = _dense_inputs(x, weight, "dense_forward")
     out_features = w_arr.shape[0]
     b_arr = None if bias is None else _as_numeric(bias, "bias")
@@ -557,6 +571,18 @@ def dense_backward(
         ValueError: The shapes do not fit together, or an accumulator is not C-contiguous, is
             read-only or overlaps an input.
     """
+    if (dweight is None and dbias is None and type(x) is np.ndarray
+            and type(weight) is np.ndarray and type(dy) is np.ndarray and x.ndim == 2
+            and weight.ndim == 2 and dy.ndim == 2 and x.dtype == weight.dtype == dy.dtype
+            and x.dtype in _FAST_DTYPES and x.flags.c_contiguous and weight.flags.c_contiguous
+            and dy.flags.c_contiguous and x.shape[1] == weight.shape[1]
+            and dy.shape == (x.shape[0], weight.shape[0])):
+        # Fresh accumulators for 2-D C-contiguous inputs of one float dtype: straight to the core.
+        dw = np.zeros(weight.shape, dtype=x.dtype)
+        db = np.zeros(weight.shape[:1], dtype=x.dtype)
+        dx_fast = np.empty(x.shape, dtype=x.dtype) if need_input_grad else None
+        _core.dense_backward(dx_fast, dw, db, dy, x, weight)
+        return dx_fast, dw, db
     x_arr, w_arr = _dense_inputs(x, weight, "dense_backward")
     dy_arr = _as_numeric(dy, "dy")
     out_features, in_features = w_arr.shape
