@@ -74,6 +74,21 @@ def test_X_too_large_for_float32(model):
         model.predict(X)
 
 
+def test_y_too_large_for_float32(model):
+    """Regression targets convert to the model's dtype once; a float64 value beyond float32's
+    range is refused there, and the message names the conversion."""
+    y = Y1.astype(np.float64)
+    y[1, 0] = 1e300
+    with pytest.raises(ValueError, match=r"Input y contains infinity or a value too large for "
+                                         r"dtype\('float32'\) \(converted from float64\)"):
+        model.fit(X2, y)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"too large for dtype\('float32'\)"):
+        model.evaluate(X2, y)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 @pytest.mark.parametrize("bad,what", [(np.nan, "NaN"), (np.inf, "infinity")])
 def test_nonfinite_y(model, clf, bad, what):
     y = Y1.copy()
