@@ -298,6 +298,22 @@ def test_dense_fast_and_checked_paths_agree(dtype):
     assert dx is None
     np.testing.assert_array_equal(dw, fast[1])
     np.testing.assert_array_equal(db, fast[2])
+    # given accumulators: added into in place on both paths
+    dw_acc, db_acc = fast[1].copy(), fast[2].copy()
+    _, dw_out, db_out = ops.dense_backward(dy, x, w, dweight=dw_acc, dbias=db_acc)
+    assert dw_out is dw_acc and db_out is db_acc
+    dw_acc2, db_acc2 = fast[1].copy(), fast[2].copy()
+    ops.dense_backward(np.asfortranarray(dy), x, w, dweight=dw_acc2, dbias=db_acc2)
+    np.testing.assert_array_equal(dw_acc, dw_acc2)
+    np.testing.assert_array_equal(db_acc, db_acc2)
+    ro = fast[1].copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="dweight is read-only"):
+        ops.dense_backward(dy, x, w, dweight=ro)
+    with pytest.raises(TypeError, match="dweight has dtype"):
+        ops.dense_backward(dy, x, w, dweight=fast[1].astype(np.float16))
+    with pytest.raises(ValueError, match="overlap|apart|share"):
+        ops.dense_backward(dy, x, w, dweight=w)
     with pytest.raises(ValueError, match=r"x has shape \(37, 70\) and weight has shape \(45, 69\)"):
         ops.dense_forward(x, w[:, :69].copy())
     with pytest.raises(ValueError, match=r"bias has shape \(44,\)"):

@@ -486,6 +486,12 @@ def _dense_inputs(
     return x_arr, w_arr
 
 
+def _fast_accumulator(acc: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype) -> bool:
+    """acc is None, or an ndarray the core can add into as it is."""
+    return acc is None or (type(acc) is np.ndarray and acc.dtype == dtype and acc.shape == shape
+                           and acc.flags.c_contiguous and acc.flags.writeable)
+
+
 def dense_forward(
     x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None
 ) -> np.ndarray:
@@ -571,15 +577,17 @@ def dense_backward(
         ValueError: The shapes do not fit together, or an accumulator is not C-contiguous, is
             read-only or overlaps an input.
     """
-    if (dweight is None and dbias is None and type(x) is np.ndarray
-            and type(weight) is np.ndarray and type(dy) is np.ndarray and x.ndim == 2
-            and weight.ndim == 2 and dy.ndim == 2 and x.dtype == weight.dtype == dy.dtype
-            and x.dtype in _FAST_DTYPES and x.flags.c_contiguous and weight.flags.c_contiguous
-            and dy.flags.c_contiguous and x.shape[1] == weight.shape[1]
-            and dy.shape == (x.shape[0], weight.shape[0])):
-        # Fresh accumulators for 2-D C-contiguous inputs of one float dtype: straight to the core.
-        dw = np.zeros(weight.shape, dtype=x.dtype)
-        db = np.zeros(weight.shape[:1], dtype=x.dtype)
+    if (type(x) is np.ndarray and type(weight) is np.ndarray and type(dy) is np.ndarray
+            and x.ndim == 2 and weight.ndim == 2 and dy.ndim == 2
+            and x.dtype == weight.dtype == dy.dtype and x.dtype in _FAST_DTYPES
+            and x.flags.c_contiguous and weight.flags.c_contiguous and dy.flags.c_contiguous
+            and x.shape[1] == weight.shape[1] and dy.shape == (x.shape[0], weight.shape[0])
+            and _fast_accumulator(dweight, weight.shape, x.dtype)
+            and _fast_accumulator(dbias, weight.shape[:1], x.dtype)):
+        # 2-D C-contiguous inputs of one float dtype, accumulators absent or ready to be written:
+        # straight to the core (which still refuses overlapping outputs).
+        dw = np.zeros(weight.shape, dtype=x.dtype) if dweight is None else dweight
+        db = np.zeros(weight.shape[:1], dtype=x.dtype) if dbias is None else dbias
         dx_fast = np.empty(x.shape, dtype=x.dtype) if need_input_grad else None
         _core.dense_backward(dx_fast, dw, db, dy, x, weight)
         return dx_fast, dw, db
