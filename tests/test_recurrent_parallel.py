@@ -144,7 +144,8 @@ def test_stacked_cells_same_bits_in_both_memory_modes(kind, sequences):
                 "rnn_relu": lambda **kw: cr.RNN(5, 40, nonlinearity="relu", **kw),
                 "lstm": lambda **kw: cr.LSTM(5, 40, **kw),
                 "gru": lambda **kw: cr.GRU(5, 40, **kw)}[kind]
-        m = cr.Model([cell(num_layers=2, return_sequences=sequences), cr.Dense(40, 1)], loss="mse", optimizer=cr.SGD(lr=0.05), seed=4)
+        m = cr.Model([cell(num_layers=2, return_sequences=sequences), cr.Dense(40, 1)],
+                     loss="mse", optimizer=cr.SGD(lr=0.05), seed=4)
         hist = m.fit(X, Y, epochs=2, batch_size=12, shuffle=False, bptt_memory=memory,
                      record_grad_norms=True)
         results.append((m.state_dict(), hist.loss, hist.timestep_grad_norms))

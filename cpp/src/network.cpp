@@ -3,13 +3,11 @@
 #include "chainrule/network.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <mutex>
 #include <numeric>
-#include <type_traits>
 
 #include "chainrule/clip.hpp"
 #include "chainrule/finite.hpp"
@@ -516,7 +514,8 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       for (index_t r = r0; r < r1; ++r) {
         const index_t src = perm[r];
         std::memcpy(xb + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
-        if (yi) std::memcpy(ybi_dst + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
+        if (yi)
+          std::memcpy(ybi_dst + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
         else std::memcpy(ybf_dst + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
       }
     });

@@ -184,7 +184,8 @@ Pool& pool() {
   // registered below, before the first pool exists, so the child always sees it.
   Pool* p = g_pool.load(std::memory_order_acquire);
   if (p) return *p;
-  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &reset_after_fork_in_child); });
+  std::call_once(g_atfork_once,
+                 [] { pthread_atfork(nullptr, nullptr, &reset_after_fork_in_child); });
   p = g_pool.load(std::memory_order_acquire);
   if (!p) {
     static std::mutex create;
