@@ -373,16 +373,21 @@ void small_gemm(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ar
 #endif
 }
 
-// small_gemm with C's rows split over the pool once the product is worth a hand-off (2^19
-// multiply-adds, ~5 us of one core): the per-segment input projections and their gradients in
-// BPTT (n B = 256 rows against a 16-wide input) were serial work with the other threads idle.
-// Every element keeps its arithmetic, so the bits are the same for any split.
+// Pieces for splitting a small-path product of M N K multiply-adds over the pool: one below
+// 2^19 (~5 us of one core, about what a hand-off costs), then one per 2^18.
+inline std::int64_t small_pieces(index_t M, index_t N, index_t K) {
+  const double work = double(M) * double(N) * double(K);
+  return work >= 524288.0 ? std::int64_t(work / 262144.0) : 1;
+}
+
+// small_gemm with C's rows split over the pool once the product is worth a hand-off: the
+// per-segment input projections and their gradients in BPTT (n B = 256 rows against a 16-wide
+// input) were serial work with the other threads idle. Every element keeps its arithmetic, so
+// the bits are the same for any split.
 template <class T>
 void small_gemm_rows(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ars,
                      index_t acs, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
-  const double work = double(M) * double(N) * double(K);
-  const std::int64_t pieces = work >= 524288.0 ? std::int64_t(work / 262144.0) : 1;
-  parallel_ranges(M, 8, pieces, [=](std::int64_t r0, std::int64_t r1) {
+  parallel_ranges(M, 8, small_pieces(M, N, K), [=](std::int64_t r0, std::int64_t r1) {
     small_gemm<T>(r1 - r0, N, K, alpha, A + r0 * ars, ars, acs, B, ldb, beta, C + r0 * ldc, ldc);
   });
 }
@@ -463,11 +468,9 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   const T beta = b ? T(1) : T(0);
   // A few rows (single-sample predict): read W in place, through register transposes that bound
   // it below memory speed (a 1 x 1024 x 1024 float forward took 200 us on one core), so output
-  // columns split over the pool from 2^19 multiply-adds; each keeps its whole k loop.
+  // columns split over the pool like small_gemm_rows' rows; each keeps its whole k loop.
   if (B <= 4 && small_path_available()) {
-    const double work = double(B) * double(O) * double(I);
-    const std::int64_t pieces = work >= 524288.0 ? std::int64_t(work / 262144.0) : 1;
-    parallel_ranges(O, 16, pieces, [=](std::int64_t o0, std::int64_t o1) {
+    parallel_ranges(O, 16, small_pieces(B, O, I), [=](std::int64_t o0, std::int64_t o1) {
       small_gemv_bt<T>(B, o1 - o0, I, T(1), x, I, W + o0 * I, I, beta, y + o0, O);
     });
   }
