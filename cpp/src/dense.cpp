@@ -423,12 +423,43 @@ const T* transposed(const T* W, index_t I, index_t O) {
 // waits for the whole of a preempted thread's half. With several tasks per thread the caller
 // takes over the blocks not yet started. gemm_prepacked gives gemm's bits, and neither a row
 // block nor a column half changes any element's arithmetic.
+//
+// pack_halves packs op(B) (K, N) into packs[0] and packs[1] and returns the first half's width
+// (N when there is one half): split at a multiple of 32, which every register tile's NR divides.
+template <class T>
+index_t pack_halves(PackedB<T>* const packs[2], bool tb, index_t K, index_t N, const T* B,
+                    index_t ldb) {
+  const index_t n0 = N >= 64 ? std::min(N, (N / 2 + 31) / 32 * 32) : N;
+  const int halves = n0 < N ? 2 : 1;
+  parallel_for(halves, [packs, tb, n0, N, K, B, ldb](int h) {
+    const index_t j = h ? n0 : 0, n = h ? N - n0 : n0;
+    packs[h]->pack(tb, K, n, tb ? B + j * ldb : B + j, ldb);
+  });
+  return n0;
+}
+
+// C (M, N) = alpha op(A) op(B) + beta C from pack_halves' panels, in row blocks of a multiple of
+// 8 rows (both AVX-512 tiles' row counts divide 8 or 16 well), about four per thread.
+template <class T>
+void run_halves(PackedB<T>* const packs[2], index_t n0, index_t N, bool ta, index_t M, T alpha,
+                const T* A, index_t lda, T beta, T* C, index_t ldc) {
+  const int threads = get_num_threads();
+  const index_t per = std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
+  const int halves = n0 < N ? 2 : 1;
+  const int blocks = int((M + per - 1) / per);
+  parallel_for(halves * blocks, [packs, halves, ta, per, M, n0, alpha, A, lda, beta, C,
+                                 ldc](int t) {
+    const int h = t % halves;
+    const index_t lo = index_t(t / halves) * per, len = std::min(per, M - lo);
+    gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, *packs[h], beta,
+                      C + lo * ldc + (h ? n0 : 0), ldc);
+  });
+}
+
 template <class T>
 void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
                         index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   const int threads = get_num_threads();
-  // Blocks of a multiple of 8 rows (both AVX-512 tiles' row counts divide 8 or 16 well), about
-  // four per thread.
   const index_t per = std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
   if (threads <= 1 || M < 2 * per) {
     gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -438,33 +469,134 @@ void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alp
   // inside them, the name of a thread_local would denote the running worker's own instance.
   thread_local PackedB<T> space[2];
   PackedB<T>* const packs[2] = {&space[0], &space[1]};
-  // Column halves split at a multiple of 32 (every register tile's NR divides it).
-  const index_t n0 = N >= 64 ? std::min(N, (N / 2 + 31) / 32 * 32) : N;
-  const int halves = n0 < N ? 2 : 1;
-  parallel_for(halves, [&packs, tb, n0, N, K, B, ldb](int h) {
-    const index_t j = h ? n0 : 0, n = h ? N - n0 : n0;
-    packs[h]->pack(tb, K, n, tb ? B + j * ldb : B + j, ldb);
+  const index_t n0 = pack_halves<T>(packs, tb, K, N, B, ldb);
+  run_halves<T>(packs, n0, N, ta, M, alpha, A, lda, beta, C, ldc);
+}
+
+// y = b broadcast over rows (B, O): rows over the pool above ~64 K elements (a 256 x 1024
+// minibatch: 1 MiB of copies).
+template <class T>
+void broadcast_bias(T* y, const T* b, index_t B, index_t O) {
+  parallel_ranges(B, 1, B * O / 65536, [=](std::int64_t r0, std::int64_t r1) {
+    for (index_t r = r0; r < r1; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
   });
-  const int blocks = int((M + per - 1) / per);
-  parallel_for(halves * blocks, [&packs, halves, ta, per, M, n0, alpha, A, lda, beta, C,
-                                 ldc](int t) {
-    const int h = t % halves;
-    const index_t lo = index_t(t / halves) * per, len = std::min(per, M - lo);
-    gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, *packs[h], beta,
-                      C + lo * ldc + (h ? n0 : 0), ldc);
+}
+
+// W^T in column panels, for the small path with a cached weight: panel p holds columns
+// [p P, p P + w) of W^T (I, O), w = min(P, O - p P), as an (I, w) row-major block at offset
+// p P I. A panel is one sequential stream (W^T row-major strides a whole row between the 256
+// bytes a tile reads per depth step), and P = 4 vectors is the width the one- and two-row tiles
+// read per step.
+template <class T>
+constexpr index_t panel_width() {
+  return index_t(256 / sizeof(T));
+}
+
+template <class T>
+void make_panels(T* dst, const T* W, index_t I, index_t O) {
+  constexpr index_t P = panel_width<T>();
+  const index_t panels = (O + P - 1) / P;
+  parallel_ranges(panels, 1, I * O / 262144, [=](std::int64_t p0, std::int64_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      const index_t j = p * P, w = std::min(P, O - j);
+#if CHAINRULE_X86_KERNELS
+      if constexpr (sizeof(T) == 4) transpose_avx512<VF>(dst + j * I, W + j * I, w, I);
+      else transpose_avx512<VD>(dst + j * I, W + j * I, w, I);
+#else
+      for (index_t o = 0; o < w; ++o)
+        for (index_t i = 0; i < I; ++i) dst[j * I + i * w + o] = W[(j + o) * I + i];
+#endif
+    }
   });
+}
+
+// Rows [r0, r1) and panels [p0, p1) of y = x W^T + beta y, reading make_panels' layout.
+template <class T>
+void panels_gemm(index_t r0, index_t r1, index_t p0, index_t p1, const T* x, const T* panels,
+                 index_t I, index_t O, T beta, T* y) {
+  constexpr index_t P = panel_width<T>();
+  for (index_t p = p0; p < p1; ++p) {
+    const index_t j = p * P, w = std::min(P, O - j);
+    small_gemm<T>(r1 - r0, w, I, T(1), x + r0 * I, I, 1, panels + j * I, w, beta,
+                  y + r0 * O + j, O);
+  }
 }
 
 }  // namespace
 
 template <class T>
+void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I,
+                                  index_t O, std::uint64_t version) const {
+  const bool few = B <= 4 && small_path_available();
+  const bool small = !few && small_product(B, O, I);
+  // One output column, and small weights, as dense_forward (nothing worth keeping).
+  if (B <= 0 || O == 1 || I * O < 16384) {
+    dense_forward(y, x, W, b, B, I, O);
+    return;
+  }
+  const GemmBlocking blk = gemm_get_blocking();
+  if (b) broadcast_bias(y, b, B, O);
+  const T beta = b ? T(1) : T(0);
+  if (few || small) {
+    const Key key{W, I, O, version, 0, 0, 0, 0};
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!(panels_key_ == key)) {
+        panels_key_ = Key{};  // invalid until the copy is complete (a throw leaves it so)
+        panels_.resize_for_overwrite(checked_mul(I, O));
+        make_panels(panels_.data(), W, I, O);
+        panels_key_ = key;
+      }
+    }
+    const T* panels = panels_.data();
+    constexpr index_t P = panel_width<T>();
+    const index_t np = (O + P - 1) / P;
+    if (few)  // panels over the pool, each with its whole k loop
+      parallel_ranges(np, 1, small_pieces(B, O, I), [=](std::int64_t p0, std::int64_t p1) {
+        panels_gemm<T>(0, B, p0, p1, x, panels, I, O, beta, y);
+      });
+    else
+      parallel_ranges(B, 8, small_pieces(B, O, I), [=](std::int64_t r0, std::int64_t r1) {
+        panels_gemm<T>(r0, r1, 0, np, x, panels, I, O, beta, y);
+      });
+    return;
+  }
+  const Key key{W, I, O, version, gemm_isa_level(), blk.mc, blk.kc, blk.nc};
+  PackedB<T>* const packs[2] = {&packed_[0], &packed_[1]};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!(packed_key_ == key)) {
+      packed_key_ = Key{};
+      n0_ = pack_halves<T>(packs, true, I, O, W, I);
+      packed_key_ = key;
+    }
+  }
+  run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O);
+}
+
+template <class T>
+std::size_t DenseWeightCache<T>::bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return panels_.capacity_bytes() + packed_[0].bytes() + packed_[1].bytes();
+}
+
+template <class T>
+void DenseWeightCache<T>::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  panels_key_ = packed_key_ = Key{};
+  panels_ = Buffer<T>();
+  packed_[0] = PackedB<T>();
+  packed_[1] = PackedB<T>();
+}
+
+template class DenseWeightCache<float>;
+template class DenseWeightCache<double>;
+
+template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
-  if (b)  // rows over the pool above ~64 K elements (a 256 x 1024 minibatch: 1 MiB of copies)
-    parallel_ranges(B, 1, B * O / 65536, [=](std::int64_t r0, std::int64_t r1) {
-      for (index_t r = r0; r < r1; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
-    });
+  if (b) broadcast_bias(y, b, B, O);
   const T beta = b ? T(1) : T(0);
   // A few rows (single-sample predict): read W in place, through register transposes that bound
   // it below memory speed (a 1 x 1024 x 1024 float forward took 200 us on one core), so output

@@ -48,8 +48,8 @@ class DenseLayer final : public Layer<T> {
   }
   void forward(T* y, const T* x, index_t batch, const SampleShape& in,
                LayerCache*) const override {
-    dense_forward(y, x, weight_.value.data(), bias_ ? bias_->value.data() : nullptr,
-                  batch * in.rows(), in_, out_);
+    cache_.forward(y, x, weight_.value.data(), bias_ ? bias_->value.data() : nullptr,
+                   batch * in.rows(), in_, out_, weight_.version);
   }
   void backward(T* dx, const T* dy, const T* x, const T*, index_t batch, const SampleShape& in,
                 LayerCache*) override {
@@ -77,6 +77,7 @@ class DenseLayer final : public Layer<T> {
   bool overwrite_ = false;  // the next backward writes the parameter gradients (=), once
   Param<T> weight_;
   std::unique_ptr<Param<T>> bias_;
+  DenseWeightCache<T> cache_;  // W laid out for the forward, made again after each write
 };
 
 template <class T>

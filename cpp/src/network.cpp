@@ -141,7 +141,10 @@ Network<T>::Network(const std::vector<LayerSpec>& specs, index_t input_features,
 template <class T>
 Param<T>& Network<T>::param(const std::string& name) {
   for (Param<T>* p : params_)
-    if (p->name == name) return *p;
+    if (p->name == name) {
+      p->changed();
+      return *p;
+    }
   throw std::out_of_range("no parameter named '" + name + "'");
 }
 
@@ -176,6 +179,7 @@ void Network<T>::reset_parameters(std::uint64_t seed) {
   ExclusiveUse use(mutex_);
   rng_.reseed(seed);
   for (auto& l : layers_) l->reset_parameters(rng_);
+  for (Param<T>* p : params_) p->changed();
   set_optimizer_impl(opt_);
 }
 
@@ -316,6 +320,7 @@ void Network<T>::step_impl() {
   ++steps_;
   for (Param<T>* p : params_) {
     // Elementwise updates: a slice of a parameter is updated exactly as the whole would be.
+    p->changed();
     T *w = p->value.data(), *g = p->grad.data();
     if (opt_.kind == OptimizerConfig::Kind::sgd) {
       T* buf = p->buf.size() ? p->buf.data() : nullptr;

@@ -522,6 +522,41 @@ void test_dense_paths_match_gemm(const char* dtype) {
   gemm_set_isa(gemm_supported_isas().back());
 }
 
+// A Dense layer keeps its weight laid out for the forward until the weight changes: a write
+// through Network::param, or through params() followed by Param::changed(), must be seen by the
+// next predict, on every path of the cached forward (a few rows, the small path, the GEMM).
+void test_weight_writes_reach_predict() {
+  std::vector<LayerSpec> layers(1);
+  layers[0].kind = "dense";
+  layers[0].in_features = 160;
+  layers[0].out_features = 150;  // 24 K weights: above the cache's 16 K
+  Network<float> net(layers, 160, LossConfig{LossKind::mse}, OptimizerConfig{}, 1);
+  Rng rng(5);
+  for (index_t rows : {1, 3, 12, 200}) {
+    auto x = random_vec<float>(rng, std::size_t(rows * 160));
+    std::vector<float> out(std::size_t(rows * 150)), ref(out.size());
+    auto expect = [&] {
+      const Param<float>& w = *net.params()[0];
+      const Param<float>& b = *net.params()[1];
+      dense_forward(ref.data(), x.data(), w.value.data(), b.value.data(), rows, 160, 150);
+    };
+    net.predict(out.data(), x.data(), rows, 0);
+    expect();
+    check(out == ref, "predict before a write, rows=" + std::to_string(rows));
+    Param<float>& w = net.param("0.weight");
+    for (index_t i = 0; i < w.size(); ++i) w.value[i] *= -0.5f;
+    net.predict(out.data(), x.data(), rows, 0);
+    expect();
+    check(out == ref, "predict after a write through param(), rows=" + std::to_string(rows));
+    Param<float>* p = net.params()[0];
+    for (index_t i = 0; i < p->size(); ++i) p->value[i] += 0.25f;
+    p->changed();
+    net.predict(out.data(), x.data(), rows, 0);
+    expect();
+    check(out == ref, "predict after a write and changed(), rows=" + std::to_string(rows));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -537,6 +572,7 @@ int main() {
   test_thread_pool();
   test_parallel_phases();
   test_network_learns_xor_and_reproduces();
+  test_weight_writes_reach_predict();
   test_rng();
   test_buffer_moves();
   test_failed_forward_leaves_no_tape();

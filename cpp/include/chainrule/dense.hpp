@@ -1,6 +1,10 @@
 // The fully connected layer y = x W^T + b, W of shape (O, I) as in torch.nn.Linear.
 // Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
 #pragma once
+#include <cstdint>
+#include <mutex>
+
+#include "chainrule/gemm.hpp"
 #include "chainrule/tensor.hpp"
 
 namespace chainrule {
@@ -21,5 +25,41 @@ void dense_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, in
 template <class T>
 void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, index_t B,
                          index_t I, index_t O, bool accumulate);
+
+// dense_forward for a weight that many forwards share between writes: a layer's weight, read by
+// every predict chunk, every single-sample predict and every training step's forward. W is kept
+// in the layouts the forward kernels stream (W^T in column panels for a few rows and the small
+// path, the GEMM's packed panels for the larger products), made by the first forward after W
+// changed: once per optimizer step in training, once for any number of predict calls. version
+// names W's contents; the caller changes it with every write of W (Param<T>::version). Weights
+// under ~16 K elements, cheaper to lay out again than to look up, take dense_forward directly.
+// Same bits as dense_forward. Concurrent forwards (predict on many threads) share one packing;
+// W must not be written while a forward runs.
+template <class T>
+class DenseWeightCache {
+ public:
+  void forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O,
+               std::uint64_t version) const;
+  std::size_t bytes() const;  // held by the packed copies
+  void clear();               // frees them
+
+ private:
+  struct Key {
+    const T* w = nullptr;
+    index_t I = 0, O = 0;
+    std::uint64_t version = 0;
+    int isa = -1;  // the packed panels' ISA path and block sizes
+    index_t mc = 0, kc = 0, nc = 0;
+    bool operator==(const Key& k) const {
+      return w == k.w && I == k.I && O == k.O && version == k.version && isa == k.isa &&
+             mc == k.mc && kc == k.kc && nc == k.nc;
+    }
+  };
+  mutable std::mutex mutex_;
+  mutable Key panels_key_, packed_key_;
+  mutable Buffer<T> panels_;      // W^T (I, O) in panels of 256 bytes of columns
+  mutable PackedB<T> packed_[2];  // op(B) = W^T in two column halves, for the pool
+  mutable index_t n0_ = 0;        // columns of the first half
+};
 
 }  // namespace chainrule

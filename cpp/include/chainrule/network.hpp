@@ -39,6 +39,13 @@ struct Param {
   Buffer<T> buf;          // SGD momentum buffer, or Adam's exp_avg
   Buffer<T> buf2, buf3;   // Adam's exp_avg_sq and max_exp_avg_sq
   bool has_buf = false;   // SGD: buf holds a previous step
+  // Changes with every write of value, so that layers may keep laid-out copies of their weights
+  // from one write to the next (DenseWeightCache). The library's writers call changed(): the
+  // optimizer step, reset_parameters, Network::param (a handle taken to write through). Code
+  // that writes value through a pointer kept from elsewhere (params()) calls it too, before the
+  // next forward or predict.
+  std::uint64_t version = 0;
+  void changed() { ++version; }
   index_t size() const { return value.size(); }
 };
 
@@ -166,7 +173,9 @@ class Network {
   SampleShape output_shape(index_t time) const { return shapes_for(time).back(); }
   std::size_t num_layers() const { return layers_.size(); }
   const std::vector<Param<T>*>& params() const { return params_; }
-  Param<T>& param(const std::string& name);  // std::out_of_range for unknown names
+  // std::out_of_range for unknown names. The handle may be written through: the parameter
+  // counts as changed (Param::changed).
+  Param<T>& param(const std::string& name);
   std::string describe_layer(std::size_t i) const { return layers_[i]->describe(); }
 
   LossConfig loss() const { return loss_; }
