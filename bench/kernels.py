@@ -19,7 +19,7 @@ __all__ = ["ops_module", "gemm_sweep", "activation_bench", "dense_bench", "time_
 GEMM_OPS = ("NN", "TN", "NT")
 # (B, I, O): the dense layers of digits, mnist, wide, and a batch-of-one decode-like shape
 DENSE_SHAPES = ((32, 64, 128), (128, 784, 256), (256, 1024, 1024), (1, 1024, 1024))
-SMOKE_DENSE_SHAPES = ((4, 8, 16), (3, 17, 5))
+SMOKE_DENSE_SHAPES = ((4, 8, 16), (3, 17, 5), (1, 9, 7))
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
@@ -250,11 +250,23 @@ def activation_bench(ops: Optional[Any], *, n: int = 1 << 20, reps: int, min_tim
 
 
 # ==================================================================== dense layer
+def _one_layer_model(W: np.ndarray, b: np.ndarray) -> Any:
+    """A chainrule Model of one Dense layer holding W and b (its predict is the layer forward
+    with the weight kept laid out between calls, plus the Model's input checks)."""
+    import chainrule
+
+    O, I = W.shape
+    model = chainrule.Model([chainrule.Dense(I, O)], dtype=W.dtype.name, seed=0)
+    model.load_state_dict({"0.weight": W, "0.bias": b})
+    return model
+
+
 def dense_bench(ops: Optional[Any], shapes: Sequence[Tuple[int, int, int]] = DENSE_SHAPES, *,
                 reps: int, min_time: float, settle: float,
                 dtypes: Sequence[type] = (np.float32,), seed: int = 0) -> List[Dict[str, Any]]:
     """GFLOP/s of y = x·Wᵀ + b (2·B·I·O) and of its backward dx = dy·W, dW += dyᵀ·x,
-    db += Σ dy (4·B·I·O), chainrule.ops vs NumPy."""
+    db += Σ dy (4·B·I·O), chainrule.ops vs NumPy; for a single row also Model.predict of a
+    one-layer model (pass "predict"), which keeps the weight laid out between calls."""
     rng = np.random.default_rng(seed)
     rows = []
     for dtype in dtypes:
@@ -277,15 +289,26 @@ def dense_bench(ops: Optional[Any], shapes: Sequence[Tuple[int, int, int]] = DEN
                 db[...] += dy.sum(axis=0)
                 return dx
 
-            for direction, flops in (("forward", 2.0 * B * I * O), ("backward", 4.0 * B * I * O)):
+            passes = [("forward", 2.0 * B * I * O), ("backward", 4.0 * B * I * O)]
+            if B == 1:  # decode-like: a layer's weight kept laid out from one call to the next
+                passes.append(("predict", 2.0 * B * I * O))
+            for direction, flops in passes:
                 row: Dict[str, Any] = {"dtype": np.dtype(dtype).name, "shape": (B, I, O),
                                        "dir": direction, "gflops": {}, "errors": {}}
                 calls: Dict[str, Callable[[], Any]] = {
-                    "numpy": np_fwd if direction == "forward" else np_bwd}
+                    "numpy": np_bwd if direction == "backward" else np_fwd}
                 if ops is None:
                     row["errors"]["chainrule"] = "ops not available"
                 elif direction == "forward":
                     calls["chainrule"] = lambda: ops.dense_forward(x, W, b)
+                elif direction == "predict":
+                    try:
+                        model = _one_layer_model(W, b)
+                        calls["chainrule"] = lambda: model.predict(x)
+                        got = np.asarray(model.predict(x), np.float64)
+                        row["max_abs_err"] = float(np.max(np.abs(got - np_fwd())))
+                    except Exception as e:  # noqa: BLE001
+                        row["errors"]["chainrule"] = f"{type(e).__name__}: {e}"
                 else:
                     calls["chainrule"] = lambda: ops.dense_backward(dy, x, W, dweight=dW,
                                                                     dbias=db)

@@ -158,8 +158,13 @@ def test_kernels_measure_chainrule_through_the_ops_api():
         assert row["max_rel_err"] < 1e-5, row
     for row in kernels.activation_bench(ops, n=1000, **kw):
         assert row["melems"]["chainrule"] > 0 and row["max_abs_err"] < 1e-6, row
-    for row in kernels.dense_bench(ops, kernels.SMOKE_DENSE_SHAPES, **kw):
+    rows = kernels.dense_bench(ops, kernels.SMOKE_DENSE_SHAPES, **kw)
+    for row in rows:
         assert row["gflops"]["chainrule"] > 0 and not row["errors"], row
+    # a single row also times Model.predict of a one-layer model (the weight kept laid out)
+    predict = [row for row in rows if row["dir"] == "predict"]
+    assert [row["shape"] for row in predict] == [(1, 9, 7)]
+    assert predict[0]["max_abs_err"] < 1e-5, predict[0]
 
 
 def test_kernels_without_ops_say_so():

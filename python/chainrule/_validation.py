@@ -41,6 +41,11 @@ def as_numeric(x: Any, name: str) -> np.ndarray:
 def check_array(x: Any, dtype: "np.typing.DTypeLike", *, name: str = "X",
                 ndims: Tuple[int, ...] = (2, 3), allow_empty: bool = False) -> np.ndarray:
     """Converts x to a C-contiguous array of dtype with ndim in ndims, all finite."""
+    if (type(x) is np.ndarray and x.size > 0 and x.ndim in ndims and x.dtype == dtype
+            and x.flags.c_contiguous):
+        # Already fits (a predict loop's one sample): only the finiteness check applies.
+        _check_finite(x, name, x.dtype)
+        return x
     a = as_numeric(x, name)
     if a.ndim not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
