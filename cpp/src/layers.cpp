@@ -57,6 +57,7 @@ class DenseLayer final : public Layer<T> {
                         weight_.value.data(), batch * in.rows(), in_, out_, !overwrite_);
     overwrite_ = false;
   }
+  std::size_t held_bytes() const override { return cache_.bytes(); }
   bool overwrite_grads_once() override { return overwrite_ = true; }
   void cancel_overwrite_grads() override { overwrite_ = false; }
   std::vector<Param<T>*> params() override {

@@ -593,6 +593,7 @@ std::size_t Network<T>::workspace_bytes() const {
                   xb_.capacity_bytes() + yfb_.capacity_bytes() +
                   yib_.capacity() * sizeof(std::int64_t) + perm_.capacity() * sizeof(std::int64_t);
   for (auto& a : acts_) b += a.capacity_bytes();
+  for (auto& l : layers_) b += l->held_bytes();
   return b;
 }
 

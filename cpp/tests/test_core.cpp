@@ -555,6 +555,8 @@ void test_weight_writes_reach_predict() {
     expect();
     check(out == ref, "predict after a write and changed(), rows=" + std::to_string(rows));
   }
+  check(net.workspace_bytes() >= 160 * 150 * sizeof(float),
+        "workspace_bytes counts the laid-out weight");
 }
 
 }  // namespace

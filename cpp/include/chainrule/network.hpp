@@ -89,6 +89,8 @@ class Layer {
   // Bytes of BPTT workspace one forward + backward of (batch, time) needs with that memory mode.
   virtual std::size_t bptt_workspace(index_t batch, index_t time, BpttMemory m) const { return 0; }
   virtual std::vector<Param<T>*> params() { return {}; }
+  // Bytes the layer keeps beyond its parameters and caches (a Dense layer's laid-out weight).
+  virtual std::size_t held_bytes() const { return 0; }
   // A training step starts from zero parameter gradients. A layer that can write them (=) in
   // its next backward, instead of adding (+=) to zeros, returns true here and does so once; the
   // network zeroes the gradients of the others. cancel_overwrite_grads() takes it back (a step
@@ -232,7 +234,8 @@ class Network {
     return layer < caches_.size() ? caches_[layer].get() : nullptr;
   }
 
-  // Bytes held by the training workspace (tape, gradients, batch buffers).
+  // Bytes held by the training workspace (tape, gradients, batch buffers) and by the layers'
+  // laid-out copies of their weights.
   std::size_t workspace_bytes() const;
 
   // The lock used by the thread contract, for callers that compose several calls.
