@@ -580,15 +580,6 @@ std::size_t DenseWeightCache<T>::bytes() const {
   return panels_.capacity_bytes() + packed_[0].bytes() + packed_[1].bytes();
 }
 
-template <class T>
-void DenseWeightCache<T>::clear() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  panels_key_ = packed_key_ = Key{};
-  panels_ = Buffer<T>();
-  packed_[0] = PackedB<T>();
-  packed_[1] = PackedB<T>();
-}
-
 template class DenseWeightCache<float>;
 template class DenseWeightCache<double>;
 

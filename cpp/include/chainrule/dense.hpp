@@ -40,8 +40,7 @@ class DenseWeightCache {
  public:
   void forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O,
                std::uint64_t version) const;
-  std::size_t bytes() const;  // held by the packed copies
-  void clear();               // frees them
+  std::size_t bytes() const;  // held by the laid-out copies
 
  private:
   struct Key {
