@@ -49,26 +49,31 @@ def _assert_same(a, b, what):
         assert np.array_equal(sd_a[k], sd_b[k]), (what, k)
 
 
+# B = 32: the time loop in groups of batch rows (each thread every step of its rows); B = 12:
+# slices of hidden units, one phase per step.
+@pytest.mark.parametrize("B", [12, 32])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_same_bits_for_1_2_3_threads_and_both_memory_modes(kind, dtype):
+def test_same_bits_for_1_2_3_threads_and_both_memory_modes(kind, dtype, B):
     cr.set_num_threads(1)
-    ref = _train(kind, dtype)
+    ref = _train(kind, dtype, B=B)
     for threads in (2, 3):
         cr.set_num_threads(threads)
         for memory in ("all", "sqrt"):
-            _assert_same(ref, _train(kind, dtype, memory), f"{threads} threads, {memory}")
+            _assert_same(ref, _train(kind, dtype, memory, B=B), f"{threads} threads, {memory}")
 
 
-@pytest.mark.parametrize("H", [1, 31, 32, 33, 96, 128, 130])
-def test_same_bits_for_any_thread_count_across_slice_edges(H):
-    # H = 1: fewer units than threads; 31..33: one slice or a ragged second; 130: five slices
-    # of float pairs, more than the threads.
+@pytest.mark.parametrize("B,H", [(40, 1), (40, 31), (40, 33), (40, 130), (17, 70), (16, 64),
+                                 (12, 60), (12, 96), (12, 128), (12, 130)])
+def test_same_bits_for_any_thread_count_across_slice_and_row_edges(B, H):
+    # B >= 16: row groups, uneven for 3 threads (40 = 13 + 13 + 14; 17 = 8 + 9 in two groups);
+    # B = 12: slices of hidden units; H = 60: a ragged second slice; 96: 64 + 32 on two threads,
+    # three of 32 on three; 130: five slices of float pairs, more than the threads.
     cr.set_num_threads(1)
-    ref = _train("lstm", np.float32, H=H, B=40, T=5)
+    ref = _train("lstm", np.float32, H=H, B=B, T=5)
     for threads in (2, 3):
         cr.set_num_threads(threads)
-        _assert_same(ref, _train("lstm", np.float32, "sqrt", H=H, B=40, T=5), f"{threads}")
+        _assert_same(ref, _train("lstm", np.float32, "sqrt", H=H, B=B, T=5), f"{threads}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

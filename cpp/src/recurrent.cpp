@@ -62,6 +62,24 @@ index_t time_loop_slice_width(index_t B, index_t H, index_t G) {
   return std::min(H, (units + parts - 1) / parts * gran);
 }
 
+// Row groups for the time loop: a row of h_t depends only on the same row of h_{t-1} (and of the
+// step's input), so each thread can run every step of a segment for its own batch rows, with one
+// fork and join per segment instead of a phase (and its barrier) per step; a preempted thread
+// then delays only its own rows' steps. Taken when every group has at least 8 rows (a register
+// tile) and a step is worth splitting; 1 otherwise (then the hidden units are split into slices).
+template <class T>
+index_t time_loop_row_groups(index_t B, index_t H, index_t G) {
+  const int threads = get_num_threads();
+  if (threads <= 1 || B < 16 || double(B) * double(G) * double(H) < 32768.0) return 1;
+  return std::min<index_t>(threads, B / 8);
+}
+
+// Rows [r0, r1) of group g of `groups` over B rows: as even as whole rows allow.
+inline void group_rows(index_t B, index_t groups, index_t g, index_t& r0, index_t& r1) {
+  r0 = B * g / groups;
+  r1 = B * (g + 1) / groups;
+}
+
 // sum of x[i]^2 in double, in eight interleaved partial sums (a fixed order, so the same bits
 // wherever it runs; one chain of dependent additions would take 4 cycles an element).
 template <class T>
@@ -227,7 +245,9 @@ class RecurrentLayer final : public Layer<T> {
   // backward steps. A new split starts from fresh buffers, so the workspace stays exact.
   void prepare_slices(Cache& c, index_t k, index_t B, bool fwd, bool bwd) const {
     const index_t H = H_, G = G_, q = G_ / H_;
-    const index_t per = time_loop_slice_width<T>(B, H, G), parts = (H + per - 1) / per;
+    c.row_groups = time_loop_row_groups<T>(B, H, G);
+    const index_t per = c.row_groups > 1 ? H : time_loop_slice_width<T>(B, H, G);
+    const index_t parts = (H + per - 1) / per;
     if (index_t(c.slices.size()) != parts || c.slices[0].hs != per) {
       c.slices.clear();
       c.slices.resize(std::size_t(parts));
@@ -272,26 +292,37 @@ class RecurrentLayer final : public Layer<T> {
     dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
     const CellKernels<T>& ck = cell_kernels<T>();
     const bool bias = bias_;
-    const int parts = int(c.slices.size());
-    // Phase t: step t, each part a slice of the hidden units (reading all of h_{t-1}).
-    parallel_phases(int(n), parts, [&](int t, int p) {
-      auto& sl = c.slices[std::size_t(p)];
-      const T* hprev = hs + t * BH;
-      T* hnew = hs + (t + 1) * BH;
-      const T* gx = c.gx.data() + t * B * G;
+    // Step t for batch rows [r0, r0 + m) and the slice's hidden units.
+    auto step = [&](index_t t, index_t r0, index_t m, auto& sl) {
       const index_t cols = sl.fwd.N();
-      T* gh = sl.gh.data();
+      const T* hprev = hs + t * BH + r0 * H;
+      T* hnew = hs + (t + 1) * BH + r0 * H;
+      const T* gx = c.gx.data() + t * B * G + r0 * G;
+      T* gh = sl.gh.data() + r0 * cols;
       const T* bh = bias ? sl.b.data() : nullptr;  // added in the cell
       // Only h_{t-1} W_hh^T inside the loop, with W_hh^T packed once.
-      gemm_prepacked<T>(false, B, T(1), hprev, H, sl.fwd, T(0), gh, cols);
+      gemm_prepacked<T>(false, m, T(1), hprev, H, sl.fwd, T(0), gh, cols);
       if (kind_ == CellKind::rnn)
-        ck.rnn_forward(hnew, gx, gh, bh, B, H, sl.u0, sl.hs, relu_);
+        ck.rnn_forward(hnew, gx, gh, bh, m, H, sl.u0, sl.hs, relu_);
       else if (kind_ == CellKind::lstm)
-        ck.lstm_forward(hnew, cs + (t + 1) * BH, gates + t * B * G, cs + t * BH, gx, gh, bh, B,
-                        H, sl.u0, sl.hs);
+        ck.lstm_forward(hnew, cs + (t + 1) * BH + r0 * H, gates + t * B * G + r0 * G,
+                        cs + t * BH + r0 * H, gx, gh, bh, m, H, sl.u0, sl.hs);
       else
-        ck.gru_forward(hnew, gates + t * B * G, ghn + t * BH, hprev, gx, gh, bh, B, H, sl.u0,
-                       sl.hs);
+        ck.gru_forward(hnew, gates + t * B * G + r0 * G, ghn + t * BH + r0 * H, hprev, gx, gh,
+                       bh, m, H, sl.u0, sl.hs);
+    };
+    if (c.row_groups > 1) {  // each group runs every step for its rows, all hidden units
+      const index_t groups = c.row_groups;
+      parallel_for(int(groups), [&](int g) {
+        index_t r0, r1;
+        group_rows(B, groups, g, r0, r1);
+        for (index_t t = 0; t < n; ++t) step(t, r0, r1 - r0, c.slices[0]);
+      });
+      return;
+    }
+    // Phase t: step t, each part a slice of the hidden units (reading all of h_{t-1}).
+    parallel_phases(int(n), int(c.slices.size()), [&](int t, int p) {
+      step(t, 0, B, c.slices[std::size_t(p)]);
     });
   }
 
@@ -441,7 +472,6 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
     const T* Whh = w_hh_[k].value.data();
     prepare_slices(c, k, B, !keep_all, true);  // !keep_all: the segments are recomputed
     const CellKernels<T>& ck = cell_kernels<T>();
-    const int parts = int(c.slices.size());
     for (index_t j = nseg - 1; j >= 0; --j) {
       const index_t s = j * S, n = std::min(S, steps - s);
       T *hs, *cs, *gates, *ghn;
@@ -463,41 +493,56 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
       c.dgh.resize_for_overwrite(gru() ? checked_mul(checked_mul(n, B), G) : 0);
       double* row_sq = c.row_sq.data();
       T* const dh_ring = c.dh.data();
-      // Per slice of units: dG_t from dL/dh_t (elementwise), then, once every slice of dG_t is
-      // there, the slice's dL/dh_{t-1} = dG_t W_hh (+ the GRU's direct path).
-      auto cell = [&](index_t t, const auto& sl) {
-        const index_t tt = s + t, u0 = sl.u0, u1 = sl.u0 + sl.hs;
-        T* dh = dh_ring + (tt + 1) % slots * BH;
-        T* dgx = c.dgx.data() + t * B * G;
+      // Per slice of units and batch rows [r0, r1): dG_t from dL/dh_t (elementwise), then, once
+      // every slice of dG_t is there, the slice's dL/dh_{t-1} = dG_t W_hh (+ the GRU's direct
+      // path), and ||dL/dh_t||^2 of rows [q0, q1).
+      auto cell = [&](index_t t, const auto& sl, index_t r0, index_t r1) {
+        const index_t tt = s + t, u0 = sl.u0, u1 = sl.u0 + sl.hs, m = r1 - r0;
+        T* dh = dh_ring + (tt + 1) % slots * BH + r0 * H;
+        T* dgx = c.dgx.data() + t * B * G + r0 * G;
         // dL/dh_t = (from step t + 1, already in dh) + (from the output at t)
         if (const T* extra = dout ? dout + tt * BH : tt == steps - 1 ? dy : nullptr)
-          for (index_t b = 0; b < B; ++b)
-            for (index_t u = u0; u < u1; ++u) dh[b * H + u] += extra[b * H + u];
+          for (index_t b = 0; b < m; ++b)
+            for (index_t u = u0; u < u1; ++u) dh[b * H + u] += extra[(r0 + b) * H + u];
         if (kind_ == CellKind::rnn)
-          ck.rnn_backward(dgx, dh, hs + (t + 1) * BH, B, H, u0, sl.hs, relu_);
+          ck.rnn_backward(dgx, dh, hs + (t + 1) * BH + r0 * H, m, H, u0, sl.hs, relu_);
         else if (kind_ == CellKind::lstm)
-          ck.lstm_backward(dgx, dc, dh, gates + t * B * G, cs + (t + 1) * BH, cs + t * BH, B, H,
-                           u0, sl.hs);
+          ck.lstm_backward(dgx, dc + r0 * H, dh, gates + t * B * G + r0 * G,
+                           cs + (t + 1) * BH + r0 * H, cs + t * BH + r0 * H, m, H, u0, sl.hs);
         else  // the direct path dh z goes to dL/dh_{t-1}; the GEMM adds onto it
-          ck.gru_backward(dgx, c.dgh.data() + t * B * G, dh_ring + tt % slots * BH, dh,
-                          gates + t * B * G, ghn + t * BH, hs + t * BH, B, H, u0, sl.hs);
+          ck.gru_backward(dgx, c.dgh.data() + t * B * G + r0 * G,
+                          dh_ring + tt % slots * BH + r0 * H, dh, gates + t * B * G + r0 * G,
+                          ghn + t * BH + r0 * H, hs + t * BH + r0 * H, m, H, u0, sl.hs);
       };
-      auto back = [&](index_t t, index_t p, const auto& sl) {
+      auto back = [&](index_t t, const auto& sl, index_t r0, index_t r1, index_t q0,
+                      index_t q1) {
         const index_t tt = s + t;
         const T* dh = dh_ring + (tt + 1) % slots * BH;
-        const T* dgh = (gru() ? c.dgh.data() : c.dgx.data()) + t * B * G;
-        gemm_prepacked<T>(false, B, T(1), dgh, G, sl.bwd, gru() ? T(1) : T(0),
-                          dh_ring + tt % slots * BH + sl.u0, H);
-        // ||dL/dh_t||^2 by batch rows, each row by one part in a fixed order.
-        for (index_t b = B * p / parts; b < B * (p + 1) / parts; ++b)
-          row_sq[t * B + b] = sum_of_squares(dh + b * H, H);
+        const T* dgh = (gru() ? c.dgh.data() : c.dgx.data()) + t * B * G + r0 * G;
+        gemm_prepacked<T>(false, r1 - r0, T(1), dgh, G, sl.bwd, gru() ? T(1) : T(0),
+                          dh_ring + tt % slots * BH + r0 * H + sl.u0, H);
+        // ||dL/dh_t||^2 by batch rows, each row by one task, summed in a fixed order below.
+        for (index_t b = q0; b < q1; ++b) row_sq[t * B + b] = sum_of_squares(dh + b * H, H);
       };
-      // Phase j: the back half of step n - j and the cell half of step n - 1 - j.
-      parallel_phases(int(n) + 1, parts, [&](int j, int p) {
-        const auto& sl = c.slices[std::size_t(p)];
-        if (j > 0) back(n - j, p, sl);
-        if (j < n) cell(n - 1 - j, sl);
-      });
+      if (c.row_groups > 1) {  // each group runs every step for its rows (see forward)
+        const index_t groups = c.row_groups;
+        parallel_for(int(groups), [&](int g) {
+          index_t r0, r1;
+          group_rows(B, groups, g, r0, r1);
+          for (index_t t = n - 1; t >= 0; --t) {
+            cell(t, c.slices[0], r0, r1);
+            back(t, c.slices[0], r0, r1, r0, r1);
+          }
+        });
+      } else {
+        const int parts = int(c.slices.size());
+        // Phase j: the back half of step n - j and the cell half of step n - 1 - j.
+        parallel_phases(int(n) + 1, parts, [&](int j, int p) {
+          const auto& sl = c.slices[std::size_t(p)];
+          if (j > 0) back(n - j, sl, 0, B, B * p / parts, B * (p + 1) / parts);
+          if (j < n) cell(n - 1 - j, sl, 0, B);
+        });
+      }
       for (index_t t = 0; t < n; ++t) {
         double sq = 0;
         for (index_t b = 0; b < B; ++b) sq += row_sq[t * B + b];

@@ -10,10 +10,12 @@
 // per step and computes the weight gradients as one GEMM per segment. With memory "all" every
 // state and gate is kept; with "sqrt" only the state at each segment start is kept and each segment
 // is recomputed just before its backward. Both run the same arithmetic in the same order, so their
-// gradients are bitwise identical. The time loop runs on all threads at once: the hidden units are
-// split into slices (a slice's gate columns of the step GEMM and its cell math form one task), a
-// step is one phase of parallel_phases; every element is computed by one task the same way, so the
-// bits do not depend on the thread count.
+// gradients are bitwise identical. The time loop runs on all threads at once. With a batch of 16
+// rows or more, each thread runs every step for its own group of batch rows (a row of h_t
+// depends only on the same row of h_{t-1}), so steps need no barrier; with fewer rows the hidden
+// units are split into slices (a slice's gate columns of the step GEMM and its cell math form one
+// task) and a step is one phase of parallel_phases. Every element is computed by one task the
+// same way, so the bits do not depend on the thread count.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -58,6 +60,10 @@ struct RecurrentCache : LayerCache {
     PackedB<T> bwd;  // W_hh[:, u0:u0+hs], for dh_{t-1} restricted to the slice's units
   };
   std::vector<Slice> slices;
+  // > 1: the time loop runs in this many groups of batch rows, each every step of its rows
+  // with one slice of all hidden units (no barrier between steps); 1: slices of hidden units,
+  // one phase per step.
+  index_t row_groups = 1;
   Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, dgx, dgh, dh, dc, dtm, dtm2;
   std::vector<double> row_sq;  // (S, B): ||dL/dh_t||^2 per batch row, for step_norms
   BpttMemory allocated_for = BpttMemory::all;
