@@ -111,6 +111,36 @@ def test_two_models_trained_at_once_equal_serial_training():
         _assert_same(serial[i], results[i], f"model {i}")
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_concurrent_predicts_equal_serial(kind):
+    # Many threads predicting at once on one model, with batches that take the row groups (32,
+    # 40) and the hidden-unit slices (12) of the time loop: each finds the pool busy or free.
+    cr.set_num_threads(2)
+    rng = np.random.default_rng(9)
+    m = cr.Model([KINDS[kind](5, 96), cr.Dense(96, 1)], loss="mse", dtype="float32", seed=1)
+    Xs = [rng.standard_normal((n, 9, 5)).astype(np.float32) for n in (32, 12, 40, 1) * 2]
+    serial = [m.predict(X) for X in Xs]
+    results, errors = [None] * len(Xs), []
+    barrier = threading.Barrier(len(Xs))
+
+    def work(i):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[i] = m.predict(Xs[i])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(Xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, serial[i], err_msg=f"input {i}")
+
+
 def test_time_loop_right_after_the_pool_restarts():
     # Shrinking the pool stops its workers; the next recurrent fit starts fresh ones for its first
     # job. A worker that missed that job (it once read the job's generation as an old one) made
