@@ -183,3 +183,34 @@ def test_all_finite_on_every_path_and_thread_count(dtype, threads):
         ops._core.all_finite(np.ones((4, 4), dtype)[:, ::2])
     with pytest.raises(TypeError):
         ops._core.all_finite(np.ones(4, np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("R,C", [(4, 1), (4, 10), (5, 2), (16, 10), (17, 16), (33, 7), (40, 3)])
+def test_cross_entropy_rows_in_lanes_equal_rows_one_at_a_time(dtype, R, C):
+    """Class-index cross-entropy of short rows (at most 16 classes) runs 16 rows at a time, one
+    row per vector lane: the loss and gradient must be the bits of the row-at-a-time loop (a
+    single row takes it), ties for the maximum, infinities and NaN included, on every path."""
+    rng = np.random.default_rng(R * 100 + C)
+    x = (rng.standard_normal((R, C)) * 4).astype(dtype)
+    if C > 1:
+        x[1, :] = x[1, 0]                       # all classes tie
+        x[2, C - 1] = x[2, 0] = x[2].max() + 1  # two maxima, the first one skipped
+    specials = [np.inf, -np.inf, np.nan, 1e30, -1e30, -0.0, 95.0, -800.0]
+    for i, v in enumerate(specials):
+        if 3 + i < R:
+            x[3 + i, i % C] = v
+    cls = rng.integers(0, C, R)
+
+    def run():
+        value, grad = ops.loss_grad("cross_entropy", x, cls, reduction="sum")
+        rows = [ops.loss_grad("cross_entropy", x[r:r + 1], cls[r:r + 1], reduction="sum")
+                for r in range(R)]
+        total = 0.0
+        for v, _ in rows:
+            total += float(v)
+        return [np.float64(value), grad, np.float64(total), np.concatenate([g for _, g in rows])]
+
+    for isa, (value, grad, total, rows) in _on_every_path(run).items():
+        assert _same_bits(grad, rows), f"{isa}: gradient differs from row-at-a-time"
+        assert _same_bits(value, total), f"{isa}: loss {value} != row-at-a-time sum {total}"

@@ -315,10 +315,59 @@ double cross_entropy_prob(T* grad, const T* x, const T* t, idx R, idx C, T scale
   return sum;
 }
 
+// cross_entropy_index for rows of at most kLanes classes (class scores: 10 for digits), kLanes
+// rows at a time with one row per lane. A row's exps feed a sum in order, which leaves one row
+// little to vectorise (and its log1p call in between); the rows of a block are independent.
+// Every lane runs exactly the operations of log_sum_exp_shifted and of the gradient loop on its
+// row, in the same order (the skipped term is the first class equal to the maximum, as
+// first_equal finds it), so the bits are those of the row-at-a-time loop.
+template <class T>
+double cross_entropy_index_lanes(T* grad, const T* x, const std::int64_t* target, idx R, idx C,
+                                 T scale) {
+  constexpr idx L = kLanes;
+  T xt[kLanes * kLanes], m[kLanes], s[kLanes], ls[kLanes];
+  T seen[kLanes];  // 1 once the lane's first maximum has been skipped
+  double sum = 0;
+  for (idx r0 = 0; r0 < R; r0 += L) {
+    const idx nr = R - r0 < L ? R - r0 : L;
+    for (idx l = 0; l < L; ++l)  // the block transposed: class c of every row in xt[c L ..]
+      for (idx c = 0; c < C; ++c) xt[c * L + l] = l < nr ? x[(r0 + l) * C + c] : T(0);
+    for (idx l = 0; l < L; ++l) {
+      m[l] = neg_inf<T>();
+      s[l] = T(0);
+      seen[l] = T(0);
+    }
+    for (idx c = 0; c < C; ++c)
+      for (idx l = 0; l < L; ++l) m[l] = max_(m[l], xt[c * L + l]);
+    for (idx c = 0; c < C; ++c)
+      for (idx l = 0; l < L; ++l) {
+        const T v = xt[c * L + l];
+        const bool first = seen[l] == T(0) && v == m[l];
+        s[l] += first ? T(0) : vexp1(v - m[l]);
+        seen[l] = first ? T(1) : seen[l];
+      }
+    for (idx l = 0; l < L; ++l) ls[l] = T(0);
+    for (idx l = 0; l < nr; ++l) {  // scalar libm log1p, as log_sum_exp_shifted
+      if (isfinite_(m[l])) ls[l] = log1p_(s[l]);
+      sum += double((m[l] - x[(r0 + l) * C + target[r0 + l]]) + ls[l]);
+    }
+    if (!grad) continue;
+    for (idx c = 0; c < C; ++c)
+      for (idx l = 0; l < L; ++l) xt[c * L + l] = vexp1((xt[c * L + l] - m[l]) - ls[l]) * scale;
+    for (idx l = 0; l < nr; ++l) {
+      T* gr = grad + (r0 + l) * C;
+      for (idx c = 0; c < C; ++c) gr[c] = xt[c * L + l];
+      gr[target[r0 + l]] -= scale;
+    }
+  }
+  return sum;
+}
+
 template <class T>
 double cross_entropy_index(T* grad, const T* x, const std::int64_t* target, idx R, idx C,
                            T scale) {
   // L_r = lse(x_r) - x_{r, t_r};  dL/dx_c = softmax_c - [c == t_r]   (targets checked by the caller)
+  if (C <= kLanes && R >= 4) return cross_entropy_index_lanes(grad, x, target, R, C, scale);
   double sum = 0;
   for (idx r = 0; r < R; ++r) {
     const T* xr = x + r * C;
