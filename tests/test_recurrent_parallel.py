@@ -38,6 +38,15 @@ def _train(kind, dtype, memory="all", H=70, B=32, T=11, seed=0):
     return m.state_dict(), hist.loss, hist.timestep_grad_norms
 
 
+def _in_threads(work, n):
+    """work(0) .. work(n - 1), each on a thread of its own, all started before any is joined."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _assert_same(a, b, what):
     sd_a, loss_a, norms_a = a
     sd_b, loss_b, norms_b = b
@@ -101,11 +110,7 @@ def test_two_models_trained_at_once_equal_serial_training():
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, 2)
     assert not errors
     for i in (0, 1):
         _assert_same(serial[i], results[i], f"model {i}")
@@ -131,11 +136,7 @@ def test_concurrent_predicts_equal_serial(kind):
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(Xs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, len(Xs))
     assert not errors
     for i, r in enumerate(results):
         np.testing.assert_array_equal(r, serial[i], err_msg=f"input {i}")
