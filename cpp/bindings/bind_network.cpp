@@ -117,8 +117,8 @@ py::dict stats_to_columns(const std::vector<EpochStats>& stats) {
 }
 
 // A parameter's tensor by name: "value", "grad", or an optimizer buffer "buf", "buf2", "buf3".
-template <class T>
-Buffer<T>* param_buffer(Param<T>& p, const std::string& which) {
+template <class P>  // Param<T> or const Param<T>
+auto* param_buffer(P& p, const std::string& which) {
   if (which == "value") return &p.value;
   if (which == "grad") return &p.grad;
   if (which == "buf") return &p.buf;
@@ -154,11 +154,11 @@ void bind_one(py::module_& m, const char* name) {
         for (auto* p : n.params()) names.push_back(p->name);
         return names;
       })
-      .def("param_shape", [](Net& n, const std::string& name) { return n.param(name).shape; })
+      .def("param_shape", [](const Net& n, const std::string& name) { return n.param(name).shape; })
       // which: "value", "grad", or an optimizer state buffer "buf", "buf2", "buf3"
-      .def("get", [](Net& n, const std::string& name, const std::string& which) {
+      .def("get", [](const Net& n, const std::string& name, const std::string& which) {
         std::shared_lock<std::shared_mutex> lock(n.mutex());
-        Param<T>& p = n.param(name);
+        const Param<T>& p = n.param(name);  // reads only: the laid-out weights stay valid
         const Buffer<T>* b = param_buffer(p, which);
         if (b->size() == 0) return py::object(py::none());
         carray<T> out = new_array<T>(p.shape);
@@ -176,7 +176,7 @@ void bind_one(py::module_& m, const char* name) {
         if (b->size() != p.size()) b->resize(p.size());  // an optimizer buffer not yet in use
         std::memcpy(b->data(), a.data(), b->bytes());
       }, py::arg("name"), py::arg("which"), py::arg("array").noconvert())
-      .def("has_buf", [](Net& n, const std::string& name) { return n.param(name).has_buf; })
+      .def("has_buf", [](const Net& n, const std::string& name) { return n.param(name).has_buf; })
       .def("set_has_buf", [](Net& n, const std::string& name, bool v) { n.param(name).has_buf = v; })
       .def_property("optimizer_steps", &Net::optimizer_steps, &Net::set_optimizer_steps)
       .def("set_optimizer", [](Net& n, const py::dict& d) { n.set_optimizer(optimizer_from_dict(d)); })

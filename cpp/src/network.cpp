@@ -8,6 +8,7 @@
 #include <limits>
 #include <mutex>
 #include <numeric>
+#include <utility>
 
 #include "chainrule/clip.hpp"
 #include "chainrule/finite.hpp"
@@ -139,13 +140,17 @@ Network<T>::Network(const std::vector<LayerSpec>& specs, index_t input_features,
 }
 
 template <class T>
-Param<T>& Network<T>::param(const std::string& name) {
-  for (Param<T>* p : params_)
-    if (p->name == name) {
-      p->changed();
-      return *p;
-    }
+const Param<T>& Network<T>::param(const std::string& name) const {
+  for (const Param<T>* p : params_)
+    if (p->name == name) return *p;
   throw std::out_of_range("no parameter named '" + name + "'");
+}
+
+template <class T>
+Param<T>& Network<T>::param(const std::string& name) {
+  Param<T>& p = const_cast<Param<T>&>(std::as_const(*this).param(name));
+  p.changed();
+  return p;
 }
 
 template <class T>

@@ -176,8 +176,9 @@ class Network {
   std::size_t num_layers() const { return layers_.size(); }
   const std::vector<Param<T>*>& params() const { return params_; }
   // std::out_of_range for unknown names. The handle may be written through: the parameter
-  // counts as changed (Param::changed).
+  // counts as changed (Param::changed). The const overload only reads (no change counted).
   Param<T>& param(const std::string& name);
+  const Param<T>& param(const std::string& name) const;
   std::string describe_layer(std::size_t i) const { return layers_[i]->describe(); }
 
   LossConfig loss() const { return loss_; }
