@@ -3,6 +3,7 @@ fit, step and load_state_dict refuse to overlap other use of the same model (Run
 the GIL is released while C++ computes; callbacks that raise abort fit; Ctrl-C interrupts fit
 quickly and leaves the last completed step."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -145,7 +146,10 @@ def test_callback_that_raises_aborts_fit():
 
 
 CHILD = textwrap.dedent("""
-    import sys, time, numpy as np, chainrule as cr
+    import signal, sys, time, numpy as np, chainrule as cr
+    # Python keeps SIGINT ignored when its parent ignored it (a job started in the background
+    # by a non-interactive shell): take Python's own handler, as an interactive run has.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20000, 64)).astype(np.float32)
     y = rng.integers(0, 10, 20000)
@@ -174,6 +178,9 @@ def test_ctrl_c_interrupts_fit_quickly():
         assert p.stdout.readline().strip() == "ready"
         time.sleep(1.0)  # inside fit by now
         p.send_signal(signal.SIGINT)
+        # A line within a minute, or the interrupt was lost (never a hang of the suite).
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready, "fit did not stop within 60 s of SIGINT"
         line = p.stdout.readline().strip()
         # 100000 epochs would take hours: exiting at all means the interrupt stopped fit. The
         # timeout only guards against a hang; speed is not asserted here.
