@@ -438,13 +438,18 @@ index_t pack_halves(PackedB<T>* const packs[2], bool tb, index_t K, index_t N, c
   return n0;
 }
 
-// C (M, N) = alpha op(A) op(B) + beta C from pack_halves' panels, in row blocks of a multiple of
-// 8 rows (both AVX-512 tiles' row counts divide 8 or 16 well), about four per thread.
+// Rows per block of run_halves: a multiple of 8 (both AVX-512 tiles' row counts divide 8 or 16
+// well), about four blocks per thread.
+inline index_t rows_per_block(index_t M, int threads) {
+  return std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
+}
+
+// C (M, N) = alpha op(A) op(B) + beta C from pack_halves' panels, in row blocks of
+// rows_per_block.
 template <class T>
 void run_halves(PackedB<T>* const packs[2], index_t n0, index_t N, bool ta, index_t M, T alpha,
                 const T* A, index_t lda, T beta, T* C, index_t ldc) {
-  const int threads = get_num_threads();
-  const index_t per = std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
+  const index_t per = rows_per_block(M, get_num_threads());
   const int halves = n0 < N ? 2 : 1;
   const int blocks = int((M + per - 1) / per);
   parallel_for(halves * blocks, [packs, halves, ta, per, M, n0, alpha, A, lda, beta, C,
@@ -460,8 +465,7 @@ template <class T>
 void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
                         index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   const int threads = get_num_threads();
-  const index_t per = std::max<index_t>(8, (M + 4 * threads - 1) / (4 * threads) + 7) / 8 * 8;
-  if (threads <= 1 || M < 2 * per) {
+  if (threads <= 1 || M < 2 * rows_per_block(M, threads)) {
     gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
@@ -534,11 +538,10 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
     dense_forward(y, x, W, b, B, I, O);
     return;
   }
-  const GemmBlocking blk = gemm_get_blocking();
   if (b) broadcast_bias(y, b, B, O);
   const T beta = b ? T(1) : T(0);
   if (few || small) {
-    const Key key{W, I, O, version, 0, 0, 0, 0};
+    const Key key{W, I, O, version, 0, 0, 0};
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!(panels_key_ == key)) {
@@ -561,7 +564,8 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
       });
     return;
   }
-  const Key key{W, I, O, version, gemm_isa_level(), blk.mc, blk.kc, blk.nc};
+  const GemmBlocking blk = gemm_get_blocking();
+  const Key key{W, I, O, version, gemm_isa_level(), blk.kc, blk.nc};
   PackedB<T>* const packs[2] = {&packed_[0], &packed_[1]};
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -67,8 +67,7 @@ index_t time_loop_slice_width(index_t B, index_t H, index_t G) {
 // fork and join per segment instead of a phase (and its barrier) per step; a preempted thread
 // then delays only its own rows' steps. Taken when every group has at least 8 rows (a register
 // tile) and a step is worth splitting; 1 otherwise (then the hidden units are split into slices).
-template <class T>
-index_t time_loop_row_groups(index_t B, index_t H, index_t G) {
+inline index_t time_loop_row_groups(index_t B, index_t H, index_t G) {
   const int threads = get_num_threads();
   if (threads <= 1 || B < 16 || double(B) * double(G) * double(H) < 32768.0) return 1;
   return std::min<index_t>(threads, B / 8);
@@ -245,7 +244,7 @@ class RecurrentLayer final : public Layer<T> {
   // backward steps. A new split starts from fresh buffers, so the workspace stays exact.
   void prepare_slices(Cache& c, index_t k, index_t B, bool fwd, bool bwd) const {
     const index_t H = H_, G = G_, q = G_ / H_;
-    c.row_groups = time_loop_row_groups<T>(B, H, G);
+    c.row_groups = time_loop_row_groups(B, H, G);
     const index_t per = c.row_groups > 1 ? H : time_loop_slice_width<T>(B, H, G);
     const index_t parts = (H + per - 1) / per;
     if (index_t(c.slices.size()) != parts || c.slices[0].hs != per) {

@@ -47,11 +47,11 @@ class DenseWeightCache {
     const T* w = nullptr;
     index_t I = 0, O = 0;
     std::uint64_t version = 0;
-    int isa = -1;  // the packed panels' ISA path and block sizes
-    index_t mc = 0, kc = 0, nc = 0;
+    int isa = -1;  // the packed panels' ISA path and block sizes (their layout depends on them)
+    index_t kc = 0, nc = 0;
     bool operator==(const Key& k) const {
       return w == k.w && I == k.I && O == k.O && version == k.version && isa == k.isa &&
-             mc == k.mc && kc == k.kc && nc == k.nc;
+             kc == k.kc && nc == k.nc;
     }
   };
   mutable std::mutex mutex_;
