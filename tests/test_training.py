@@ -66,6 +66,47 @@ def test_fit_equals_the_fundamentals_by_hand(regression):
     assert max(hist.grad_norm_max) > 0.5  # the clip was active
 
 
+def _borrowed_rows_case(kind, rng):
+    """(model factory, X, y) for test_fit_in_order_equals_by_hand_on_every_input_kind."""
+    if kind == "class_indices":
+        X = rng.standard_normal((37, 5)).astype(np.float32)
+        y = rng.integers(0, 3, 37)
+        return (lambda: cr.Model([cr.Dense(5, 8), cr.ReLU(), cr.Dense(8, 3)],
+                                 loss="cross_entropy", dtype="float32", seed=1)), X, y
+    if kind == "activation_first":  # the first layer's backward reads the input rows
+        X = rng.standard_normal((37, 4))
+        y = rng.standard_normal((37, 2))
+        return (lambda: cr.Model([cr.Tanh(), cr.Dense(4, 2)], dtype="float64", seed=2)), X, y
+    X = rng.standard_normal((21, 6, 3))  # sequences, an output per step
+    y = rng.standard_normal((21, 6, 1))
+    return (lambda: cr.Model([cr.RNN(3, 5), cr.Dense(5, 1)], dtype="float64", seed=3)), X, y
+
+
+@pytest.mark.parametrize("kind", ["class_indices", "activation_first", "sequences"])
+def test_fit_in_order_equals_by_hand_on_every_input_kind(kind, rng):
+    # In order, fit reads each minibatch's rows where they lie in the caller's arrays (no copy):
+    # the same bits as forward/backward/step on slices, and the arrays are left as they were.
+    make, X, y = _borrowed_rows_case(kind, rng)
+    keep = (X.copy(), y.copy())
+    fitted, by_hand = make(), make()
+    hist = fitted.fit(X, y, epochs=2, batch_size=8, shuffle=False)
+    losses = []
+    for _ in range(2):
+        total = 0.0
+        for b in range(0, len(X), 8):
+            by_hand.zero_grad()
+            by_hand.forward(X[b:b + 8])
+            total += by_hand.backward(y[b:b + 8]) * len(X[b:b + 8])
+            by_hand.step()
+        losses.append(total / len(X))
+    assert_same_weights(fitted, by_hand)
+    np.testing.assert_allclose(hist.loss, losses, rtol=1e-6)
+    np.testing.assert_array_equal(X, keep[0])
+    np.testing.assert_array_equal(y, keep[1])
+    with pytest.raises(RuntimeError, match="forward"):  # fit leaves no tape behind
+        fitted.backward(y[:8])
+
+
 def test_last_batch_may_be_smaller(regression):
     X, y = regression
     X, y = X[:10], y[:10]

@@ -197,17 +197,18 @@ std::vector<SampleShape> Network<T>::shapes_for(index_t time) const {
 }
 
 template <class T>
-void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
+void Network<T>::forward_impl(const T* x, index_t batch, index_t time, bool borrow) {
   const std::size_t L = layers_.size();
   // No tape until this forward completes: one that fails halfway (out of memory, a bad initial
   // state) would otherwise leave a tape that mixes two batches for backward to read.
   tape_batch_ = 0;
+  tape_in_ = nullptr;
   std::vector<SampleShape> fresh;  // the shapes for a new time length, adopted once it fits
   if (shapes_.front().time != time) fresh = shapes_for(time);
   const std::vector<SampleShape>& shapes = fresh.empty() ? shapes_ : fresh;
   // Every activation the tape still has to grow, refused together before any is allocated.
   index_t grow = 0;
-  for (std::size_t i = 0; i <= L; ++i) {
+  for (std::size_t i = borrow ? 1 : 0; i <= L; ++i) {
     const index_t bytes = checked_mul(checked_mul(batch, shapes[i].size()), index_t(sizeof(T)));
     if (i < acts_.size() && std::size_t(bytes) <= acts_[i].capacity_bytes()) continue;
     if (grow > std::numeric_limits<index_t>::max() - bytes)
@@ -219,8 +220,13 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
   try {
     if (!fresh.empty()) shapes_ = std::move(fresh);
     acts_.resize(L + 1);
-    acts_[0].resize_for_overwrite(checked_mul(batch, shapes_[0].size()));
-    if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
+    if (borrow) {
+      tape_in_ = x;
+    } else {
+      acts_[0].resize_for_overwrite(checked_mul(batch, shapes_[0].size()));
+      if (x != acts_[0].data()) std::memcpy(acts_[0].data(), x, acts_[0].bytes());
+      tape_in_ = acts_[0].data();
+    }
     for (std::size_t i = 0; i < L; ++i) {
       acts_[i + 1].resize_for_overwrite(checked_mul(batch, shapes_[i + 1].size()));
       if (auto* rc = dynamic_cast<RecurrentCache<T>*>(caches_[i].get())) {
@@ -229,7 +235,7 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time) {
           rc->memory = layers_[i]->bptt_workspace(batch, time, BpttMemory::all) <= bptt_budget_
                            ? BpttMemory::all : BpttMemory::sqrt;
       }
-      layers_[i]->forward(acts_[i + 1].data(), acts_[i].data(), batch, shapes_[i],
+      layers_[i]->forward(acts_[i + 1].data(), i ? acts_[i].data() : tape_in_, batch, shapes_[i],
                           caches_[i].get());
     }
   } catch (...) {
@@ -278,8 +284,8 @@ void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
   // Chain rule in reverse: g holds dL/d(output of layer i); each layer turns it into
   // dL/d(input of layer i), accumulating its parameter gradients on the way.
   const std::size_t L = layers_.size();
-  index_t max_size = 0;
-  for (auto& a : acts_) max_size = std::max(max_size, a.size());
+  index_t max_size = 0;  // of the gradients passed between layers: acts_[1..L]
+  for (std::size_t i = 1; i < acts_.size(); ++i) max_size = std::max(max_size, acts_[i].size());
   g0_.resize_for_overwrite(max_size);
   g1_.resize_for_overwrite(max_size);
   const T* g = grad_output;
@@ -288,9 +294,12 @@ void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
   for (std::size_t k = L; k-- > 0;) {
     T* dx = nullptr;
     if (k > 0) dx = bufs[next];
-    else if (need_input_grad) { dx_.resize_for_overwrite(acts_[0].size()); dx = dx_.data(); }
-    layers_[k]->backward(dx, g, acts_[k].data(), acts_[k + 1].data(), tape_batch_, shapes_[k],
-                         caches_[k].get());
+    else if (need_input_grad) {
+      dx_.resize_for_overwrite(checked_mul(tape_batch_, shapes_[0].size()));
+      dx = dx_.data();
+    }
+    layers_[k]->backward(dx, g, k ? acts_[k].data() : tape_in_, acts_[k + 1].data(), tape_batch_,
+                         shapes_[k], caches_[k].get());
     g = dx;
     next ^= 1;
   }
@@ -424,8 +433,8 @@ double Network<T>::loss_value(const T* pred, const T* yf, const std::int64_t* yi
 template <class T>
 bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, index_t bs,
                             index_t time, const FitOptions& opt, EpochStats& st, index_t b,
-                            index_t t_offset, index_t full_time) {
-  forward_impl(x, bs, time);
+                            index_t t_offset, index_t full_time, bool borrow) {
+  forward_impl(x, bs, time, borrow);
   lossgrad_.resize_for_overwrite(acts_.back().size());
   const double loss =
       loss_and_grad(lossgrad_.data(), acts_.back().data(), yf, yi, bs, shapes_.back());
@@ -496,13 +505,24 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
     throw std::invalid_argument(
         "truncated BPTT (bptt_steps) needs sequence outputs, one per time step (B, T, O); this "
         "model's output for (B, " + std::to_string(time) + ", F) inputs has no time axis");
-  perm_.resize(std::size_t(n));
-  std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
-  if (opt.shuffle) rng_.shuffle(perm_.data(), n);
-  // Without BPTT chunks, each minibatch is gathered straight into the tape's input slot.
-  if (k > 0) xb_.resize_for_overwrite(checked_mul(batch_size, xs));
-  if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
-  else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
+  // In order and without BPTT chunks, a minibatch is rows [start, start + bs) of the caller's
+  // arrays, which the step reads where they lie: a gather would copy them (2 MiB a step for wide)
+  // only to read the copy. The tape then refers to the caller's memory, which this call does not
+  // outlive, so the tape is dropped on the way out (either way, for one rule: a backward() after
+  // fit needs a forward() first).
+  const bool borrow = !opt.shuffle && k <= 0;
+  struct DropTape {
+    Network* net;
+    ~DropTape() { net->tape_batch_ = 0; net->tape_in_ = nullptr; }
+  } drop_tape{this};
+  if (!borrow) {
+    perm_.resize(std::size_t(n));
+    std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
+    if (opt.shuffle) rng_.shuffle(perm_.data(), n);
+    if (k > 0) xb_.resize_for_overwrite(checked_mul(batch_size, xs));
+    if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
+    else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
+  }
   clear_initial_states();
 
   // Recurrent states carried from chunk to chunk (and, when stateful, batch to batch): the values
@@ -515,27 +535,38 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   EpochStats st;
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
-    T* const xb = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
-    // Gather the minibatch rows in permuted order, rows over the pool above ~16 K elements: the
-    // source rows come from memory (a data set larger than the caches), and one core's stream
-    // of them took 6 % of an mnist step while the other waited.
-    const std::int64_t* const perm = perm_.data() + start;
-    std::int64_t* const ybi_dst = yi ? yib_.data() : nullptr;
-    T* const ybf_dst = yi ? nullptr : yfb_.data();
-    parallel_ranges(bs, 1, bs * (xs + ys) / 16384, [=](std::int64_t r0, std::int64_t r1) {
-      for (index_t r = r0; r < r1; ++r) {
-        const index_t src = perm[r];
-        std::memcpy(xb + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
-        if (yi)
-          std::memcpy(ybi_dst + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
-        else std::memcpy(ybf_dst + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
-      }
-    });
+    const T* xb;
+    const T* ybf;
+    const std::int64_t* ybi;
+    if (borrow) {
+      xb = X + start * xs;
+      ybf = yi ? nullptr : yf + start * ys;
+      ybi = yi ? yi + start * ys : nullptr;
+    } else {
+      // Gather the minibatch rows in permuted order (without BPTT chunks straight into the
+      // tape's input slot), rows over the pool above ~16 K elements: the source rows come from
+      // memory (a data set larger than the caches), and one core's stream of them took 6 % of an
+      // mnist step while the other waited.
+      T* const xdst = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
+      const std::int64_t* const perm = perm_.data() + start;
+      std::int64_t* const ybi_dst = yi ? yib_.data() : nullptr;
+      T* const ybf_dst = yi ? nullptr : yfb_.data();
+      parallel_ranges(bs, 1, bs * (xs + ys) / 16384, [=](std::int64_t r0, std::int64_t r1) {
+        for (index_t r = r0; r < r1; ++r) {
+          const index_t src = perm[r];
+          std::memcpy(xdst + r * xs, X + src * xs, std::size_t(xs) * sizeof(T));
+          if (yi)
+            std::memcpy(ybi_dst + r * ys, yi + src * ys, std::size_t(ys) * sizeof(std::int64_t));
+          else std::memcpy(ybf_dst + r * ys, yf + src * ys, std::size_t(ys) * sizeof(T));
+        }
+      });
+      xb = xdst;
+      ybf = ybf_dst;
+      ybi = ybi_dst;
+    }
     if (!opt.stateful || bs != carried_batch) clear_initial_states();
-    const std::int64_t* ybi = yi ? yib_.data() : nullptr;
-    const T* ybf = yi ? nullptr : yfb_.data();
     if (k <= 0) {
-      if (!train_step(xb, ybf, ybi, bs, time, opt, st, b, 0, time)) return st;
+      if (!train_step(xb, ybf, ybi, bs, time, opt, st, b, 0, time, borrow)) return st;
       if (opt.stateful) carry();
     } else {
       // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F).

@@ -415,6 +415,27 @@ void test_network_learns_xor_and_reproduces() {
   check(w1 == w2, "the same seed reproduces the weights bit for bit");
 }
 
+// fit_epoch without shuffle reads the caller's rows where they lie and leaves no tape behind
+// (it would refer to the caller's memory): backward needs a forward first, with or without shuffle.
+void test_fit_leaves_no_tape() {
+  std::vector<LayerSpec> layers(2);
+  layers[0].kind = "activation"; layers[0].activation = Activation::tanh;  // reads x in backward
+  layers[1].kind = "dense"; layers[1].in_features = 2; layers[1].out_features = 1;
+  for (bool shuffle : {false, true}) {
+    Network<double> net(layers, 2, LossConfig{LossKind::mse}, OptimizerConfig{}, 3);
+    const double X[8] = {0, 0, 0, 1, 1, 0, 1, 1}, y[4] = {0, 1, 1, 0};
+    FitOptions fit;
+    fit.batch_size = 3;
+    fit.shuffle = shuffle;
+    net.fit_epoch(X, y, nullptr, 4, 0, fit, nullptr);
+    bool threw = false;
+    try { net.backward_loss(y, nullptr); } catch (const std::logic_error&) { threw = true; }
+    check(threw && net.last_batch() == 0, "fit_epoch leaves no tape for backward to read");
+    net.forward(X, 4, 0);
+    check(std::isfinite(net.backward_loss(y, nullptr)), "a forward after fit makes a new tape");
+  }
+}
+
 void test_buffer_moves() {
   Buffer<float> a(100);
   a[99] = 1.f;
@@ -574,6 +595,7 @@ int main() {
   test_thread_pool();
   test_parallel_phases();
   test_network_learns_xor_and_reproduces();
+  test_fit_leaves_no_tape();
   test_weight_writes_reach_predict();
   test_rng();
   test_buffer_moves();

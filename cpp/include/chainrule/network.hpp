@@ -218,6 +218,8 @@ class Network {
   // after every step; when it returns true, Interrupted is thrown.
   // With bptt_steps = k, each minibatch of sequences is cut into chunks of k steps; the recurrent
   // states are carried (detached) from chunk to chunk, with one loss, backward and step per chunk.
+  // fit_epoch leaves no tape: a backward() after it needs a forward() first. Without shuffle, the
+  // steps read X and the targets where they lie, which must not change during the call.
   EpochStats fit_epoch(const T* X, const T* yf, const std::int64_t* yi, index_t n, index_t time,
                        const FitOptions& opt, const std::function<bool()>& interrupt);
 
@@ -243,7 +245,9 @@ class Network {
   std::shared_mutex& mutex() const { return mutex_; }
 
  private:
-  void forward_impl(const T* x, index_t batch, index_t time);
+  // borrow: the tape reads x where it lies (fit's rows of the caller's array, which outlive the
+  // step) instead of a copy in acts_[0].
+  void forward_impl(const T* x, index_t batch, index_t time, bool borrow = false);
   // acts_[0] sized for a batch, for a caller that gathers the input there (forward_impl then
   // skips its copy).
   T* input_slot(index_t batch, const SampleShape& in);
@@ -251,7 +255,7 @@ class Network {
   // returns false when a non-finite loss or gradient stopped it before the step.
   bool train_step(const T* x, const T* yf, const std::int64_t* yi, index_t batch, index_t time,
                   const FitOptions& opt, EpochStats& st, index_t batch_index, index_t t_offset,
-                  index_t full_time);
+                  index_t full_time, bool borrow = false);
   double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi, index_t batch,
                        const SampleShape& out) const;
   void backward_impl(const T* grad_output, bool need_input_grad);
@@ -276,6 +280,7 @@ class Network {
   std::vector<Buffer<T>> acts_;
   std::vector<std::unique_ptr<LayerCache>> caches_;
   index_t tape_batch_ = 0;
+  const T* tape_in_ = nullptr;  // the tape's input of layer 0: acts_[0], or borrowed rows
   Buffer<T> g0_, g1_, dx_;
   Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
   std::vector<std::int64_t> yib_, yic_, perm_;
