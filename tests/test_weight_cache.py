@@ -1,5 +1,7 @@
 """A Dense layer keeps its weight laid out for the forward (DenseWeightCache in cpp/src/dense.cpp)
 from one write of the weight to the next: predict packs it once, not once per call or chunk.
+The first forward after a write runs uncached (training, one forward per write, keeps no copy);
+the second makes the copy, and later ones read it, so the checks below predict three times.
 
 What must hold: every forward gives the bits of the uncached kernels (ops.dense_forward), for a
 few rows, the small path and the GEMM; and no forward ever reads a stale copy, whatever wrote the
@@ -44,7 +46,7 @@ def test_cached_forward_same_bits_as_ops(dtype, I, H, O):
         ops.set_isa(isa)
         for rows in ROWS:
             X = rng.standard_normal((rows, I)).astype(dtype)
-            for _ in range(2):  # the second call reads the copy the first made
+            for _ in range(3):  # uncached, then making the copy, then reading it
                 np.testing.assert_array_equal(m.predict(X), _uncached(m, X),
                                               err_msg=f"{isa} rows={rows}")
 
@@ -60,7 +62,9 @@ def test_no_stale_weights_after_any_write(dtype, rows):
     m = _model(128, 256, 3, dtype)
 
     def check(what):
-        np.testing.assert_array_equal(m.predict(X), _uncached(m, X), err_msg=what)
+        expect = _uncached(m, X)
+        for call in range(3):  # uncached, then making the copy, then reading it
+            np.testing.assert_array_equal(m.predict(X), expect, err_msg=f"{what}, call {call}")
 
     check("first predict")
     m.fit(Xt, yt, epochs=1, batch_size=16)
@@ -119,8 +123,10 @@ def test_isa_blocking_and_thread_changes_between_predicts(dtype):
                 for threads in (1, 2, 3):
                     _core.set_num_threads(threads)
                     what = f"{isa} {blocking} threads={threads}"
-                    np.testing.assert_array_equal(m.predict(X), _uncached(m, X), err_msg=what)
-                    np.testing.assert_array_equal(m.predict(x1), _uncached(m, x1), err_msg=what)
+                    expect, expect1 = _uncached(m, X), _uncached(m, x1)
+                    for _ in range(2):  # each setting makes its copy: the next must not use it
+                        np.testing.assert_array_equal(m.predict(X), expect, err_msg=what)
+                        np.testing.assert_array_equal(m.predict(x1), expect1, err_msg=what)
     finally:
         _core.set_num_threads(before)
 

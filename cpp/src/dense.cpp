@@ -461,6 +461,16 @@ void run_halves(PackedB<T>* const packs[2], index_t n0, index_t N, bool ta, inde
   });
 }
 
+// Packing space per calling thread (predict may run on several at once), shared by every layer's
+// products. The tasks get plain pointers: inside them, the name of a thread_local would denote
+// the running worker's own instance.
+template <class T>
+PackedB<T>* const* scratch_packs() {
+  thread_local PackedB<T> space[2];
+  thread_local PackedB<T>* const packs[2] = {&space[0], &space[1]};
+  return packs;
+}
+
 template <class T>
 void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
                         index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
@@ -469,10 +479,7 @@ void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alp
     gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Per calling thread (predict may run on several at once). The tasks get plain pointers:
-  // inside them, the name of a thread_local would denote the running worker's own instance.
-  thread_local PackedB<T> space[2];
-  PackedB<T>* const packs[2] = {&space[0], &space[1]};
+  PackedB<T>* const* const packs = scratch_packs<T>();
   const index_t n0 = pack_halves<T>(packs, tb, K, N, B, ldb);
   run_halves<T>(packs, n0, N, ta, M, alpha, A, lda, beta, C, ldc);
 }
@@ -538,20 +545,42 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
     dense_forward(y, x, W, b, B, I, O);
     return;
   }
-  if (b) broadcast_bias(y, b, B, O);
-  const T beta = b ? T(1) : T(0);
-  if (few || small) {
-    const Key key{W, I, O, version, 0, 0, 0};
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!(panels_key_ == key)) {
-        panels_key_ = Key{};  // invalid until the copy is complete (a throw leaves it so)
-        panels_.resize_for_overwrite(checked_mul(I, O));
-        make_panels(panels_.data(), W, I, O);
-        panels_key_ = key;
+  const bool panels_kind = few || small;
+  const GemmBlocking blk = gemm_get_blocking();
+  const Key key = panels_kind ? Key{W, I, O, version, 0, 0, 0}
+                              : Key{W, I, O, version, gemm_isa_level(), blk.kc, blk.nc};
+  PackedB<T>* const packs[2] = {&packed_[0], &packed_[1]};
+  bool uncached = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Key& held = panels_kind ? panels_key_ : packed_key_;
+    Key& seen = panels_kind ? panels_seen_ : packed_seen_;
+    if (!(held == key)) {
+      if (!(seen == key)) {  // this version's first forward of this kind: keep nothing yet
+        seen = key;
+        uncached = true;
+      } else {
+        held = Key{};  // invalid until the copy is complete (a throw leaves it so)
+        if (panels_kind) {
+          panels_.resize_for_overwrite(checked_mul(I, O));
+          make_panels(panels_.data(), W, I, O);
+        } else {
+          n0_ = pack_halves<T>(packs, true, I, O, W, I);
+        }
+        held = key;
       }
     }
+  }
+  if (b) broadcast_bias(y, b, B, O);
+  const T beta = b ? T(1) : T(0);
+  if (panels_kind) {
     const T* panels = panels_.data();
+    if (uncached) {
+      thread_local Buffer<T> scratch;
+      scratch.resize_for_overwrite(checked_mul(I, O));
+      make_panels(scratch.data(), W, I, O);
+      panels = scratch.data();
+    }
     constexpr index_t P = panel_width<T>();
     const index_t np = (O + P - 1) / P;
     if (few)  // panels over the pool, each with its whole k loop
@@ -564,16 +593,11 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
       });
     return;
   }
-  const GemmBlocking blk = gemm_get_blocking();
-  const Key key{W, I, O, version, gemm_isa_level(), blk.kc, blk.nc};
-  PackedB<T>* const packs[2] = {&packed_[0], &packed_[1]};
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!(packed_key_ == key)) {
-      packed_key_ = Key{};
-      n0_ = pack_halves<T>(packs, true, I, O, W, I);
-      packed_key_ = key;
-    }
+  if (uncached) {
+    PackedB<T>* const* const scratch = scratch_packs<T>();
+    run_halves<T>(scratch, pack_halves<T>(scratch, true, I, O, W, I), O, false, B, T(1), x, I, beta,
+                  y, O);
+    return;
   }
   run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O);
 }
