@@ -11,6 +11,7 @@
 #include "chainrule/dense.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "chainrule/gemm.hpp"
@@ -445,19 +446,40 @@ inline index_t rows_per_block(index_t M, int threads) {
 }
 
 // C (M, N) = alpha op(A) op(B) + beta C from pack_halves' panels, in row blocks of
-// rows_per_block.
+// rows_per_block. Each half's blocks are taken first by the task of the same index as the one
+// that packed it, which usually runs on the same thread (the caller takes the first task), so
+// the panels are read from that core's own caches; a task that runs out of its own blocks then
+// takes the other half's. Cross-core reads of the panels cost most when the two vCPUs sit on
+// different chiplets, which on these shared machines comes and goes (rnn and wide then ran at half
+// speed on two threads, slower than on one).
+//
+// bias (N values, or null): C's rows are b first, each task setting its own block just before it
+// accumulates onto it (beta = 1), so the block stays in that core's cache.
 template <class T>
 void run_halves(PackedB<T>* const packs[2], index_t n0, index_t N, bool ta, index_t M, T alpha,
-                const T* A, index_t lda, T beta, T* C, index_t ldc) {
+                const T* A, index_t lda, T beta, T* C, index_t ldc, const T* bias = nullptr) {
   const index_t per = rows_per_block(M, get_num_threads());
   const int halves = n0 < N ? 2 : 1;
   const int blocks = int((M + per - 1) / per);
-  parallel_for(halves * blocks, [packs, halves, ta, per, M, n0, alpha, A, lda, beta, C,
-                                 ldc](int t) {
-    const int h = t % halves;
-    const index_t lo = index_t(t / halves) * per, len = std::min(per, M - lo);
+  auto block = [=](int h, int i) {
+    const index_t lo = index_t(i) * per, len = std::min(per, M - lo);
+    const index_t j = h ? n0 : 0, w = halves == 1 ? N : h ? N - n0 : n0;
+    if (bias)
+      for (index_t r = lo; r < lo + len; ++r)
+        std::memcpy(C + r * ldc + j, bias + j, std::size_t(w) * sizeof(T));
     gemm_prepacked<T>(ta, len, alpha, ta ? A + lo : A + lo * lda, lda, *packs[h], beta,
-                      C + lo * ldc + (h ? n0 : 0), ldc);
+                      C + lo * ldc + j, ldc);
+  };
+  if (halves == 1) {
+    parallel_for(blocks, [&](int i) { block(0, i); });
+    return;
+  }
+  std::atomic<int> next[2] = {{0}, {0}};
+  parallel_for(2, [&](int h) {
+    for (int k = 0; k < 2; ++k) {
+      const int hh = h ^ k;
+      for (int i = next[hh].fetch_add(1); i < blocks; i = next[hh].fetch_add(1)) block(hh, i);
+    }
   });
 }
 
@@ -471,19 +493,6 @@ PackedB<T>* const* scratch_packs() {
   return packs;
 }
 
-template <class T>
-void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
-                        index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
-  const int threads = get_num_threads();
-  if (threads <= 1 || M < 2 * rows_per_block(M, threads)) {
-    gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  PackedB<T>* const* const packs = scratch_packs<T>();
-  const index_t n0 = pack_halves<T>(packs, tb, K, N, B, ldb);
-  run_halves<T>(packs, n0, N, ta, M, alpha, A, lda, beta, C, ldc);
-}
-
 // y = b broadcast over rows (B, O): rows over the pool above ~64 K elements (a 256 x 1024
 // minibatch: 1 MiB of copies).
 template <class T>
@@ -492,6 +501,23 @@ void broadcast_bias(T* y, const T* b, index_t B, index_t O) {
     for (index_t r = r0; r < r1; ++r) std::memcpy(y + r * O, b, std::size_t(O) * sizeof(T));
   });
 }
+
+// bias: as run_halves (then beta = 1, and C's ldc = N).
+template <class T>
+void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A,
+                        index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc,
+                        const T* bias = nullptr) {
+  const int threads = get_num_threads();
+  if (threads <= 1 || M < 2 * rows_per_block(M, threads)) {
+    if (bias) broadcast_bias(C, bias, M, N);
+    gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  PackedB<T>* const* const packs = scratch_packs<T>();
+  const index_t n0 = pack_halves<T>(packs, tb, K, N, B, ldb);
+  run_halves<T>(packs, n0, N, ta, M, alpha, A, lda, beta, C, ldc, bias);
+}
+
 
 // W^T in column panels, for the small path with a cached weight: panel p holds columns
 // [p P, p P + w) of W^T (I, O), w = min(P, O - p P), as an (I, w) row-major block at offset
@@ -571,9 +597,9 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
       }
     }
   }
-  if (b) broadcast_bias(y, b, B, O);
   const T beta = b ? T(1) : T(0);
   if (panels_kind) {
+    if (b) broadcast_bias(y, b, B, O);
     const T* panels = panels_.data();
     if (uncached) {
       thread_local Buffer<T> scratch;
@@ -596,10 +622,10 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
   if (uncached) {
     PackedB<T>* const* const scratch = scratch_packs<T>();
     run_halves<T>(scratch, pack_halves<T>(scratch, true, I, O, W, I), O, false, B, T(1), x, I, beta,
-                  y, O);
+                  y, O, b);
     return;
   }
-  run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O);
+  run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O, b);
 }
 
 template <class T>
@@ -615,12 +641,15 @@ template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
-  if (b) broadcast_bias(y, b, B, O);
   const T beta = b ? T(1) : T(0);
+  const bool few = B <= 4 && small_path_available();
+  const bool gemv = !few && O == 1 && B * I <= 2097152 && small_path_available();
+  const bool small = !few && !gemv && small_product(B, O, I);
+  if (b && (few || gemv || small)) broadcast_bias(y, b, B, O);  // else in gemm_rows_parallel
   // A few rows (single-sample predict): read W in place, through register transposes that bound
   // it below memory speed (a 1 x 1024 x 1024 float forward took 200 us on one core), so output
   // columns split over the pool like small_gemm_rows' rows; each keeps its whole k loop.
-  if (B <= 4 && small_path_available()) {
+  if (few) {
     parallel_ranges(O, 16, small_pieces(B, O, I), [=](std::int64_t o0, std::int64_t o1) {
       small_gemv_bt<T>(B, o1 - o0, I, T(1), x, I, W + o0 * I, I, beta, y + o0, O);
     });
@@ -628,12 +657,12 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   // One output (a regression head on every time step, B = batch * time rows): y^T = W x^T is
   // the same GEMV with the roles swapped, and y (B, 1) is laid out as y^T (1, B). Each y_r is
   // still sum over i of fma(x_ri, W_i) in i order: the same bits.
-  else if (O == 1 && B * I <= 2097152 && small_path_available())
+  else if (gemv)
     small_gemv_bt<T>(1, B, I, T(1), W, I, x, I, beta, y, B);
-  else if (small_product(B, O, I))
+  else if (small)
     small_gemm_rows<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O);
   else
-    gemm_rows_parallel<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O);
+    gemm_rows_parallel<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O, b);
 }
 
 template <class T>
