@@ -25,8 +25,8 @@ struct CellKernels {
                        index_t hs, bool relu);
   void (*lstm_forward)(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh,
                        const T* bh, index_t B, index_t H, index_t u0, index_t hs);
-  void (*lstm_backward)(T* dg, T* dc, const T* dh, const T* gates, const T* c, const T* cprev,
-                        index_t B, index_t H, index_t u0, index_t hs);
+  void (*lstm_backward)(T* dg, T* dc, const T* dh, const T* gates, const T* cprev, index_t B,
+                        index_t H, index_t u0, index_t hs);
   void (*gru_forward)(T* h, T* gates, T* ghn, const T* hprev, const T* gx, const T* gh,
                       const T* bh, index_t B, index_t H, index_t u0, index_t hs);
   void (*gru_backward)(T* dgx, T* dgh, T* dhz, const T* dh, const T* gates, const T* ghn,
@@ -81,13 +81,14 @@ void rnn_cell_backward(T* da, const T* dh, const T* h, index_t B, index_t H, ind
 }
 
 // i, f, g, o = sigma, sigma, tanh, sigma of gx + gh;  c = f c_prev + i g;  h = o tanh(c).
-// gates receives (i, f, g, o).
+// gates (B, 5H) receives (i, f, g, o, tanh(c)): the backward reads tanh(c) instead of computing
+// it again (an exp and a division per unit).
 template <class T>
 void lstm_cell_forward(T* h, T* c, T* gates, const T* cprev, const T* gx, const T* gh,
                        const T* bh, index_t B, index_t H, index_t u0, index_t hs) {
-  const index_t G = 4 * H;
+  const index_t G = 4 * H, GS = 5 * H;
   for (index_t b = 0; b < B; ++b) {
-    T* gi = gates + b * G + u0;
+    T* gi = gates + b * GS + u0;
     T* gf = gi + H;
     T* gg = gi + 2 * H;
     T* go = gi + 3 * H;
@@ -103,43 +104,38 @@ void lstm_cell_forward(T* h, T* c, T* gates, const T* cprev, const T* gx, const 
     const T* cp = cprev + b * H + u0;
     T* cn = c + b * H + u0;
     T* hn = h + b * H + u0;
+    T* tc = gi + 4 * H;
     for (index_t k = 0; k < hs; ++k) cn[k] = gf[k] * cp[k] + gi[k] * gg[k];
-    for (index_t k = 0; k < hs; ++k) hn[k] = go[k] * vtanh1(cn[k]);
+    for (index_t k = 0; k < hs; ++k) tc[k] = vtanh1(cn[k]);
+    for (index_t k = 0; k < hs; ++k) hn[k] = go[k] * tc[k];
   }
 }
 
 // h = o tanh(c):       do = dh tanh(c),  dc += dh o (1 - tanh(c)^2)
 // c = f c_prev + i g:  di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f
 // through the gate nonlinearities: sigma' = s (1 - s), tanh' = 1 - g^2.
-// dg receives the pre-activation gradients (B, 4H); dc (B, H) enters as dL/dc_t from step t + 1
-// and leaves as dL/dc_{t-1}.
+// gates (B, 5H) as the forward wrote them, tanh(c) included; dg receives the pre-activation
+// gradients (B, 4H); dc (B, H) enters as dL/dc_t from step t + 1 and leaves as dL/dc_{t-1}.
 template <class T>
-void lstm_cell_backward(T* dg, T* dc, const T* dh, const T* gates, const T* c, const T* cprev,
-                        index_t B, index_t H, index_t u0, index_t hs) {
-  const index_t G = 4 * H;
-  constexpr index_t chunk = 64;  // tanh(c) for this many units at a time, on the stack
+void lstm_cell_backward(T* dg, T* dc, const T* dh, const T* gates, const T* cprev, index_t B,
+                        index_t H, index_t u0, index_t hs) {
+  const index_t G = 4 * H, GS = 5 * H;
   for (index_t b = 0; b < B; ++b) {
-    for (index_t k0 = 0; k0 < hs; k0 += chunk) {
-      const index_t m = hs - k0 < chunk ? hs - k0 : chunk;
-      const T* gi = gates + b * G + u0 + k0;
-      const T* gf = gi + H;
-      const T* gg = gi + 2 * H;
-      const T* go = gi + 3 * H;
-      T* d = dg + b * G + u0 + k0;
-      T* dcb = dc + b * H + u0 + k0;
-      const T* dhb = dh + b * H + u0 + k0;
-      const T* cp = cprev + b * H + u0 + k0;
-      const T* cc = c + b * H + u0 + k0;
-      T tmp[chunk];
-      for (index_t k = 0; k < m; ++k) tmp[k] = vtanh1(cc[k]);
-      for (index_t k = 0; k < m; ++k)
-        dcb[k] = dcb[k] + dhb[k] * go[k] * (T(1) - tmp[k] * tmp[k]);
-      for (index_t k = 0; k < m; ++k) d[k] = dcb[k] * gg[k] * gi[k] * (T(1) - gi[k]);
-      for (index_t k = 0; k < m; ++k) d[H + k] = dcb[k] * cp[k] * gf[k] * (T(1) - gf[k]);
-      for (index_t k = 0; k < m; ++k) d[2 * H + k] = dcb[k] * gi[k] * (T(1) - gg[k] * gg[k]);
-      for (index_t k = 0; k < m; ++k) d[3 * H + k] = dhb[k] * tmp[k] * go[k] * (T(1) - go[k]);
-      for (index_t k = 0; k < m; ++k) dcb[k] = dcb[k] * gf[k];
-    }
+    const T* gi = gates + b * GS + u0;
+    const T* gf = gi + H;
+    const T* gg = gi + 2 * H;
+    const T* go = gi + 3 * H;
+    const T* tc = gi + 4 * H;
+    T* d = dg + b * G + u0;
+    T* dcb = dc + b * H + u0;
+    const T* dhb = dh + b * H + u0;
+    const T* cp = cprev + b * H + u0;
+    for (index_t k = 0; k < hs; ++k) dcb[k] = dcb[k] + dhb[k] * go[k] * (T(1) - tc[k] * tc[k]);
+    for (index_t k = 0; k < hs; ++k) d[k] = dcb[k] * gg[k] * gi[k] * (T(1) - gi[k]);
+    for (index_t k = 0; k < hs; ++k) d[H + k] = dcb[k] * cp[k] * gf[k] * (T(1) - gf[k]);
+    for (index_t k = 0; k < hs; ++k) d[2 * H + k] = dcb[k] * gi[k] * (T(1) - gg[k] * gg[k]);
+    for (index_t k = 0; k < hs; ++k) d[3 * H + k] = dhb[k] * tc[k] * go[k] * (T(1) - go[k]);
+    for (index_t k = 0; k < hs; ++k) dcb[k] = dcb[k] * gf[k];
   }
 }
 

@@ -191,14 +191,14 @@ class RecurrentLayer final : public Layer<T> {
     // Mirrors what forward and backward allocate (see the accounting at the end of backward).
     const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
     const index_t BH = checked_mul(B, H_), BG = checked_mul(B, G_);
-    const index_t gate_store = lstm() || gru() ? 1 : 0;
+    const index_t gate_store = checked_mul(B, tape_gates());  // per step
     const index_t slots = m == BpttMemory::all ? steps + 1 : nseg;
     const index_t per_cell = slots * BH * (lstm() ? 2 : 1) +
-                             (m == BpttMemory::all ? steps * (BG * gate_store + (gru() ? BH : 0)) : 0);
+                             (m == BpttMemory::all ? steps * (gate_store + (gru() ? BH : 0)) : 0);
     // gx, dgx (+ dgh), the slices' gate scratch (BG in all), dh (two slots, GRU three) (+ dc).
     index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() || gru() ? 3 : 2);
     if (m == BpttMemory::sqrt)
-      seg += (S + 1) * BH * (lstm() ? 2 : 1) + S * (BG * gate_store + (gru() ? BH : 0));
+      seg += (S + 1) * BH * (lstm() ? 2 : 1) + S * (gate_store + (gru() ? BH : 0));
     return std::size_t(L_ * per_cell + seg) * sizeof(T);
   }
   std::vector<Param<T>*> params() override {
@@ -285,7 +285,7 @@ class RecurrentLayer final : public Layer<T> {
   // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
   void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
                    T* cs, T* gates, T* ghn) const {
-    const index_t H = H_, G = G_, BH = B * H_, Ik = k == 0 ? I_ : H_;
+    const index_t H = H_, G = G_, GS = tape_gates(), BH = B * H_, Ik = k == 0 ? I_ : H_;
     c.gx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
     // The input projection of the whole segment: one GEMM over n * B rows.
     dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
@@ -304,10 +304,10 @@ class RecurrentLayer final : public Layer<T> {
       if (kind_ == CellKind::rnn)
         ck.rnn_forward(hnew, gx, gh, bh, m, H, sl.u0, sl.hs, relu_);
       else if (kind_ == CellKind::lstm)
-        ck.lstm_forward(hnew, cs + (t + 1) * BH + r0 * H, gates + t * B * G + r0 * G,
+        ck.lstm_forward(hnew, cs + (t + 1) * BH + r0 * H, gates + t * B * GS + r0 * GS,
                         cs + t * BH + r0 * H, gx, gh, bh, m, H, sl.u0, sl.hs);
       else
-        ck.gru_forward(hnew, gates + t * B * G + r0 * G, ghn + t * BH + r0 * H, hprev, gx, gh,
+        ck.gru_forward(hnew, gates + t * B * GS + r0 * GS, ghn + t * BH + r0 * H, hprev, gx, gh,
                        bh, m, H, sl.u0, sl.hs);
     };
     if (c.row_groups > 1) {  // each group runs every step for its rows, all hidden units
@@ -324,6 +324,10 @@ class RecurrentLayer final : public Layer<T> {
       step(t, 0, B, c.slices[std::size_t(p)]);
     });
   }
+
+  // Values per batch row and step of the gate tape: the LSTM's i, f, g, o and tanh(c) (which
+  // the backward reads instead of computing it again), the GRU's r, z, n; the RNN keeps none.
+  index_t tape_gates() const { return lstm() ? 5 * H_ : gru() ? G_ : 0; }
 
   CellKind kind_;
   index_t I_, H_, L_, G_ = 0;
@@ -342,7 +346,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
     local->memory = BpttMemory::sqrt;
     c = local.get();
   }
-  const index_t steps = in.time, H = H_, G = G_;
+  const index_t steps = in.time, H = H_;
   const index_t BH = checked_mul(B, H);
   const index_t LBH = checked_mul(L_, BH);
   if (c->h0.size() && c->h0.size() != LBH)
@@ -368,7 +372,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
   if (!keep_all) {
     c->seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
     c->seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
-    c->seg_gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c->seg_gates.resize_for_overwrite(checked_mul(checked_mul(S, B), tape_gates()));
     c->seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
   for (index_t k = 0; k < L_; ++k) {
@@ -381,7 +385,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
     if (keep_all) {
       cl.hs.resize_for_overwrite(checked_mul(steps + 1, BH));
       cl.cs.resize_for_overwrite(lstm() ? checked_mul(steps + 1, BH) : 0);
-      cl.gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(steps, B), G) : 0);
+      cl.gates.resize_for_overwrite(checked_mul(checked_mul(steps, B), tape_gates()));
       cl.ghn.resize_for_overwrite(gru() ? checked_mul(steps, BH) : 0);
     } else {  // checkpoints: the state at every segment start
       cl.hs.resize_for_overwrite(checked_mul(nseg, BH));
@@ -393,7 +397,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
       const index_t s = j * S, n = std::min(S, steps - s);
       T* hs = keep_all ? cl.hs.data() + s * BH : c->seg_hs.data();
       T* cs = !lstm() ? nullptr : keep_all ? cl.cs.data() + s * BH : c->seg_cs.data();
-      T* gates = keep_all ? cl.gates.data() + s * B * G : c->seg_gates.data();
+      T* gates = keep_all ? cl.gates.data() + s * B * tape_gates() : c->seg_gates.data();
       T* ghn = keep_all ? cl.ghn.data() + s * BH : c->seg_ghn.data();
       if (j == 0) {
         if (c->h0.size()) std::memcpy(hs, c->h0.data() + k * BH, std::size_t(BH) * sizeof(T));
@@ -430,7 +434,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   // dy (B, T, H) or (B, H) -> dx (B, T, I); every parameter gradient accumulates; dh0, dc0 and
   // the per-step norms ||dL/dh_t|| land in the cache.
   Cache& c = *static_cast<Cache*>(cache);
-  const index_t steps = in.time, H = H_, G = G_, BH = B * H;
+  const index_t steps = in.time, H = H_, G = G_, GS = tape_gates(), BH = B * H;
   if (c.steps != steps || c.B != B) throw std::logic_error("backward does not match the forward");
   const bool keep_all = c.memory == BpttMemory::all;
   const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
@@ -450,7 +454,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   if (!keep_all) {
     c.seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
     c.seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
-    c.seg_gates.resize_for_overwrite(lstm() || gru() ? checked_mul(checked_mul(S, B), G) : 0);
+    c.seg_gates.resize_for_overwrite(checked_mul(checked_mul(S, B), tape_gates()));
     c.seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
   for (index_t k = L_ - 1; k >= 0; --k) {
@@ -477,7 +481,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
       if (keep_all) {
         hs = cl.hs.data() + s * BH;
         cs = lstm() ? cl.cs.data() + s * BH : nullptr;
-        gates = cl.gates.data() + s * B * G;
+        gates = cl.gates.data() + s * B * tape_gates();
         ghn = cl.ghn.data() + s * BH;
       } else {  // recompute the segment from its checkpoint, exactly as forward did
         hs = c.seg_hs.data();
@@ -506,11 +510,11 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
         if (kind_ == CellKind::rnn)
           ck.rnn_backward(dgx, dh, hs + (t + 1) * BH + r0 * H, m, H, u0, sl.hs, relu_);
         else if (kind_ == CellKind::lstm)
-          ck.lstm_backward(dgx, dc + r0 * H, dh, gates + t * B * G + r0 * G,
-                           cs + (t + 1) * BH + r0 * H, cs + t * BH + r0 * H, m, H, u0, sl.hs);
+          ck.lstm_backward(dgx, dc + r0 * H, dh, gates + t * B * GS + r0 * GS,
+                           cs + t * BH + r0 * H, m, H, u0, sl.hs);
         else  // the direct path dh z goes to dL/dh_{t-1}; the GEMM adds onto it
           ck.gru_backward(dgx, c.dgh.data() + t * B * G + r0 * G,
-                          dh_ring + tt % slots * BH + r0 * H, dh, gates + t * B * G + r0 * G,
+                          dh_ring + tt % slots * BH + r0 * H, dh, gates + t * B * GS + r0 * GS,
                           ghn + t * BH + r0 * H, hs + t * BH + r0 * H, m, H, u0, sl.hs);
       };
       auto back = [&](index_t t, const auto& sl, index_t r0, index_t r1, index_t q0,
