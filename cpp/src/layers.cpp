@@ -89,11 +89,13 @@ class ActivationLayer final : public Layer<T> {
   SampleShape output_shape(const SampleShape& in) const override { return in; }
   void forward(T* y, const T* x, index_t batch, const SampleShape& in,
                LayerCache*) const override {
-    activation_forward(y, x, batch * in.rows(), in.features, act_, slope_);
+    activation_forward(y, x, batch * in.rows(), in.features, act_, slope_, /*mapped_output=*/true);
   }
   void backward(T* dx, const T* dy, const T* x, const T* y, index_t batch, const SampleShape& in,
                 LayerCache*) override {
-    if (dx) activation_backward(dx, dy, x, y, batch * in.rows(), in.features, act_, slope_);
+    if (dx)
+      activation_backward(dx, dy, x, y, batch * in.rows(), in.features, act_, slope_,
+                          /*mapped_output=*/true);
   }
 
  private:

@@ -17,13 +17,20 @@ Activation activation_from_name(const std::string& name);
 const char* activation_name(Activation a);
 
 // x (R, C) -> y (R, C). negative_slope is used by leaky_relu only. y may alias x.
+// mapped_output: y is a buffer the caller reuses (a layer's output: the training tape, predict's
+// chunk buffers), so its pages are mapped but on first use; then the cheap maps (relu, ...)
+// split over the pool too above 2^14 elements, not only the exp-bound ones (into a fresh array,
+// as ops returns, both threads would fault pages in at once, which measured slower). The split
+// never changes a value.
 template <class T>
-void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T negative_slope);
+void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T negative_slope,
+                        bool mapped_output = false);
 
-// dy (R, C), x (R, C), y (R, C) -> dx (R, C) = dL/dx (overwritten).
+// dy (R, C), x (R, C), y (R, C) -> dx (R, C) = dL/dx (overwritten). mapped_output: as above,
+// for dx.
 template <class T>
 void activation_backward(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
-                         Activation a, T negative_slope);
+                         Activation a, T negative_slope, bool mapped_output = false);
 
 // Plain scalar twins: the references for tests.
 template <class T>
