@@ -30,9 +30,11 @@ namespace {
 // C (M, N) = alpha op(A) B + beta C, op(A)(i, k) = A[i * ars + k * acs], B (K, N) row-major with
 // row stride ldb, C with row stride ldc; M, N, K > 0. Only when small_path_available(): when the
 // GEMM runs another ISA path, callers run gemm instead, which gives the same bits.
+// crow (N values, or null): C's initial rows all equal crow (a bias), which is read from there
+// instead of from C, so the caller need not broadcast it into C first; the same bits.
 template <class T>
 void small_gemm(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ars, index_t acs,
-                const T* B, index_t ldb, T beta, T* C, index_t ldc);
+                const T* B, index_t ldb, T beta, T* C, index_t ldc, const T* crow = nullptr);
 bool small_path_available();
 
 // Products this path serves: up to ~64^3 multiply-adds (where a thread hand-off or packing costs
@@ -92,10 +94,11 @@ struct VD {
 };
 
 // One MR x (NV * W) tile of C over the depth block [0, kb): n <= NV * W valid columns.
+// crow: read beta's operand from this row (the same for every row) instead of from C.
 template <class O, int MR, int NV>
 CR_AVX512 void tile(index_t kb, typename O::T alpha, const typename O::T* A, index_t ars,
                     index_t acs, const typename O::T* B, index_t ldb, typename O::T beta,
-                    typename O::T* C, index_t ldc, index_t n) {
+                    typename O::T* C, index_t ldc, index_t n, const typename O::T* crow) {
   using V = typename O::V;
   typename O::Mask mask[NV];
   for (int v = 0; v < NV; ++v) mask[v] = lanes(n - v * O::W, typename O::T());
@@ -122,7 +125,8 @@ CR_AVX512 void tile(index_t kb, typename O::T alpha, const typename O::T* A, ind
     for (int v = 0; v < NV; ++v) {
       typename O::T* c = C + i * ldc + v * O::W;
       V r = O::mul(va, acc[i][v]);
-      if (beta != typename O::T(0)) r = O::add(r, O::mul(vb, O::load(mask[v], c)));
+      if (beta != typename O::T(0))
+        r = O::add(r, O::mul(vb, O::load(mask[v], crow ? crow + v * O::W : c)));
       O::store(c, mask[v], r);
     }
 }
@@ -132,21 +136,23 @@ CR_AVX512 void tile(index_t kb, typename O::T alpha, const typename O::T* A, ind
 template <class O, int NV, int MR>
 CR_AVX512 void tile_rows(index_t m, index_t kb, typename O::T alpha, const typename O::T* A,
                          index_t ars, index_t acs, const typename O::T* B, index_t ldb,
-                         typename O::T beta, typename O::T* C, index_t ldc, index_t n) {
+                         typename O::T beta, typename O::T* C, index_t ldc, index_t n,
+                         const typename O::T* crow) {
   if constexpr (MR > 1) {
     if (m < MR) {
-      tile_rows<O, NV, MR - 1>(m, kb, alpha, A, ars, acs, B, ldb, beta, C, ldc, n);
+      tile_rows<O, NV, MR - 1>(m, kb, alpha, A, ars, acs, B, ldb, beta, C, ldc, n, crow);
       return;
     }
   }
-  tile<O, MR, NV>(kb, alpha, A, ars, acs, B, ldb, beta, C, ldc, n);
+  tile<O, MR, NV>(kb, alpha, A, ars, acs, B, ldb, beta, C, ldc, n, crow);
 }
 
 template <class O>
 CR_AVX512 void small_gemm_avx512(index_t M, index_t N, index_t K, index_t kc,
                                  typename O::T alpha, const typename O::T* A, index_t ars,
                                  index_t acs, const typename O::T* B, index_t ldb,
-                                 typename O::T beta, typename O::T* C, index_t ldc) {
+                                 typename O::T beta, typename O::T* C, index_t ldc,
+                                 const typename O::T* crow) {
   using T = typename O::T;
   // 8 rows x 2 vectors: 16 accumulators, 2 B vectors and a broadcast in the 32 zmm registers.
   constexpr int MR = 8, NR = 2 * O::W;
@@ -154,6 +160,7 @@ CR_AVX512 void small_gemm_avx512(index_t M, index_t N, index_t K, index_t kc,
   for (index_t pc = 0; pc < K; pc += kc) {
     const index_t kb = std::min(kc, K - pc);
     const T beta_k = pc == 0 ? beta : T(1);
+    const T* const row = pc == 0 ? crow : nullptr;  // later blocks add onto C
     const T* Ap = A + pc * acs;
     const T* Bp = B + pc * ldb;
     if (M <= 2) {
@@ -161,7 +168,7 @@ CR_AVX512 void small_gemm_avx512(index_t M, index_t N, index_t K, index_t kc,
       // 4 to 8 independent accumulators hide the FMA latency.
       for (index_t j = 0; j < N; j += 4 * O::W)
         tile_rows<O, 4, 2>(M, kb, alpha, Ap, ars, acs, Bp + j, ldb, beta_k, C + j, ldc,
-                           std::min<index_t>(4 * O::W, N - j));
+                           std::min<index_t>(4 * O::W, N - j), row ? row + j : row);
       continue;
     }
     // columns in steps of NR (the B micro-panel stays in L1 across the row tiles), then rows
@@ -171,10 +178,10 @@ CR_AVX512 void small_gemm_avx512(index_t M, index_t N, index_t K, index_t kc,
         const index_t m = std::min<index_t>(MR, M - i);
         if (n > O::W)
           tile_rows<O, 2, MR>(m, kb, alpha, Ap + i * ars, ars, acs, Bp + j, ldb, beta_k,
-                              C + i * ldc + j, ldc, n);
+                              C + i * ldc + j, ldc, n, row ? row + j : row);
         else
           tile_rows<O, 1, MR>(m, kb, alpha, Ap + i * ars, ars, acs, Bp + j, ldb, beta_k,
-                              C + i * ldc + j, ldc, n);
+                              C + i * ldc + j, ldc, n, row ? row + j : row);
       }
     }
   }
@@ -361,16 +368,16 @@ void small_gemv_bt(index_t M, index_t N, index_t K, T alpha, const T* A, index_t
 
 template <class T>
 void small_gemm(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ars, index_t acs,
-                const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+                const T* B, index_t ldb, T beta, T* C, index_t ldc, const T* crow) {
 #if CHAINRULE_X86_KERNELS
   const index_t kc = std::max<index_t>(1, gemm_get_blocking().kc);
   if constexpr (sizeof(T) == 4)
-    small_gemm_avx512<VF>(M, N, K, kc, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+    small_gemm_avx512<VF>(M, N, K, kc, alpha, A, ars, acs, B, ldb, beta, C, ldc, crow);
   else
-    small_gemm_avx512<VD>(M, N, K, kc, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+    small_gemm_avx512<VD>(M, N, K, kc, alpha, A, ars, acs, B, ldb, beta, C, ldc, crow);
 #else
   (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)ars, (void)acs, (void)B, (void)ldb,
-      (void)beta, (void)C, (void)ldc;
+      (void)beta, (void)C, (void)ldc, (void)crow;
 #endif
 }
 
@@ -387,9 +394,11 @@ inline std::int64_t small_pieces(index_t M, index_t N, index_t K) {
 // the bits are the same for any split.
 template <class T>
 void small_gemm_rows(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ars,
-                     index_t acs, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+                     index_t acs, const T* B, index_t ldb, T beta, T* C, index_t ldc,
+                     const T* crow = nullptr) {
   parallel_ranges(M, 8, small_pieces(M, N, K), [=](std::int64_t r0, std::int64_t r1) {
-    small_gemm<T>(r1 - r0, N, K, alpha, A + r0 * ars, ars, acs, B, ldb, beta, C + r0 * ldc, ldc);
+    small_gemm<T>(r1 - r0, N, K, alpha, A + r0 * ars, ars, acs, B, ldb, beta, C + r0 * ldc, ldc,
+                  crow);
   });
 }
 
@@ -550,12 +559,12 @@ void make_panels(T* dst, const T* W, index_t I, index_t O) {
 // Rows [r0, r1) and panels [p0, p1) of y = x W^T + beta y, reading make_panels' layout.
 template <class T>
 void panels_gemm(index_t r0, index_t r1, index_t p0, index_t p1, const T* x, const T* panels,
-                 index_t I, index_t O, T beta, T* y) {
+                 index_t I, index_t O, const T* b, T* y) {
   constexpr index_t P = panel_width<T>();
   for (index_t p = p0; p < p1; ++p) {
     const index_t j = p * P, w = std::min(P, O - j);
-    small_gemm<T>(r1 - r0, w, I, T(1), x + r0 * I, I, 1, panels + j * I, w, beta,
-                  y + r0 * O + j, O);
+    small_gemm<T>(r1 - r0, w, I, T(1), x + r0 * I, I, 1, panels + j * I, w, b ? T(1) : T(0),
+                  y + r0 * O + j, O, b ? b + j : b);
   }
 }
 
@@ -598,8 +607,7 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
     }
   }
   const T beta = b ? T(1) : T(0);
-  if (panels_kind) {
-    if (b) broadcast_bias(y, b, B, O);
+  if (panels_kind) {  // the bias comes in through small_gemm's crow
     const T* panels = panels_.data();
     if (uncached) {
       thread_local Buffer<T> scratch;
@@ -611,11 +619,11 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
     const index_t np = (O + P - 1) / P;
     if (few)  // panels over the pool, each with its whole k loop
       parallel_ranges(np, 1, small_pieces(B, O, I), [=](std::int64_t p0, std::int64_t p1) {
-        panels_gemm<T>(0, B, p0, p1, x, panels, I, O, beta, y);
+        panels_gemm<T>(0, B, p0, p1, x, panels, I, O, b, y);
       });
     else
       parallel_ranges(B, 8, small_pieces(B, O, I), [=](std::int64_t r0, std::int64_t r1) {
-        panels_gemm<T>(r0, r1, 0, np, x, panels, I, O, beta, y);
+        panels_gemm<T>(r0, r1, 0, np, x, panels, I, O, b, y);
       });
     return;
   }
@@ -645,7 +653,7 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   const bool few = B <= 4 && small_path_available();
   const bool gemv = !few && O == 1 && B * I <= 2097152 && small_path_available();
   const bool small = !few && !gemv && small_product(B, O, I);
-  if (b && (few || gemv || small)) broadcast_bias(y, b, B, O);  // else in gemm_rows_parallel
+  if (b && (few || gemv)) broadcast_bias(y, b, B, O);  // else in the products below
   // A few rows (single-sample predict): read W in place, through register transposes that bound
   // it below memory speed (a 1 x 1024 x 1024 float forward took 200 us on one core), so output
   // columns split over the pool like small_gemm_rows' rows; each keeps its whole k loop.
@@ -660,7 +668,7 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   else if (gemv)
     small_gemv_bt<T>(1, B, I, T(1), W, I, x, I, beta, y, B);
   else if (small)
-    small_gemm_rows<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O);
+    small_gemm_rows<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O, b);
   else
     gemm_rows_parallel<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O, b);
 }
