@@ -527,7 +527,6 @@ void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alp
   run_halves<T>(packs, n0, N, ta, M, alpha, A, lda, beta, C, ldc, bias);
 }
 
-
 // W^T in column panels, for the small path with a cached weight: panel p holds columns
 // [p P, p P + w) of W^T (I, O), w = min(P, O - p P), as an (I, w) row-major block at offset
 // p P I. A panel is one sequential stream (W^T row-major strides a whole row between the 256
@@ -627,13 +626,10 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
       });
     return;
   }
-  if (uncached) {
-    PackedB<T>* const* const scratch = scratch_packs<T>();
-    run_halves<T>(scratch, pack_halves<T>(scratch, true, I, O, W, I), O, false, B, T(1), x, I, beta,
-                  y, O, b);
-    return;
-  }
-  run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O, b);
+  if (uncached)  // packs into the per-thread scratch
+    gemm_rows_parallel<T>(false, true, B, O, I, T(1), x, I, W, I, beta, y, O, b);
+  else
+    run_halves<T>(packs, n0_, O, false, B, T(1), x, I, beta, y, O, b);
 }
 
 template <class T>
