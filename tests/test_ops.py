@@ -355,6 +355,22 @@ def test_dense_gradient_by_finite_differences():
         np.testing.assert_allclose(analytic, ref.numerical_grad(f, at), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 4, 5, 40])  # the few-rows, small and large paths
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dense_forward_without_input_features_is_the_bias_or_zeros(dtype, rows, with_bias):
+    # An empty sum: NumPy's x @ W.T gives zeros; the output must never be left unwritten.
+    x, w = np.ones((rows, 0), dtype), np.ones((3, 0), dtype)
+    b = np.arange(1, 4, dtype=dtype) if with_bias else None
+    expected = np.broadcast_to(b if with_bias else np.zeros(3, dtype), (rows, 3))
+    for _ in range(3):  # fresh outputs reuse freed memory: junk there must not come back
+        junk = np.full((rows, 3), 123.0, dtype)
+        del junk
+        np.testing.assert_array_equal(ops.dense_forward(x, w, b), expected)
+        np.testing.assert_array_equal(ops.dense_forward(x.astype(int), w.astype(int), b),
+                                      expected)
+
+
 def test_dense_mixed_dtypes_compute_in_float64():
     x32 = np.ones((2, 3), np.float32)
     assert ops.dense_forward(x32, np.ones((4, 3), np.float32)).dtype == np.float32

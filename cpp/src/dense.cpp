@@ -645,6 +645,11 @@ template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
+  if (I == 0) {  // an empty sum: y = b, or zeros (the kernels below write nothing for k = 0)
+    if (b) broadcast_bias(y, b, B, O);
+    else std::fill(y, y + B * O, T(0));
+    return;
+  }
   const T beta = b ? T(1) : T(0);
   const bool few = B <= 4 && small_path_available();
   const bool gemv = !few && O == 1 && B * I <= 2097152 && small_path_available();
