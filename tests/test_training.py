@@ -296,6 +296,30 @@ def test_early_stopping_without_restore_keeps_the_last_weights():
     assert model.evaluate(Xv, yv)["loss"] == hist.val_loss[-1] > hist.val_loss[hist.best_epoch]
 
 
+def test_early_stopping_restores_the_best_epoch_when_the_epochs_run_out():
+    # patience longer than the run: it never stops early, yet the weights kept are the best's
+    model, hist, (Xv, yv) = overfitting_run(restore=True, patience=10_000)
+    assert not hist.stopped_early and hist.epochs == 500 and not hist.interrupted
+    best = hist.best_epoch
+    assert best == int(np.argmin(hist.val_loss)) and best < 499
+    assert model.evaluate(Xv, yv)["loss"] == hist.val_loss[best] < hist.val_loss[-1]
+
+
+def test_early_stopping_keeps_the_last_step_when_a_callback_interrupts():
+    stopper = cr.EarlyStopping(patience=10_000, restore_best_weights=True)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (12, 1))
+    y = X + rng.standard_normal(X.shape)
+    model = cr.Model([cr.Dense(1, 16), cr.Tanh(), cr.Dense(16, 1)],
+                     optimizer=cr.SGD(lr=0.1), dtype="float64", seed=0)
+    # validation targets shifted by +-5 per half: val_loss only grows as the fit improves
+    Xv, yv = X, y + np.where(np.arange(12)[:, None] < 6, 5.0, -5.0)
+    hist = model.fit(X, y, epochs=50, batch_size=12, validation_data=(Xv, yv),
+                     callbacks=[stopper, lambda epoch, logs: epoch == 20])
+    assert hist.interrupted and hist.epochs == 21 and hist.best_epoch == 0
+    assert model.evaluate(Xv, yv)["loss"] == hist.val_loss[-1]
+
+
 def test_early_stopping_patience_int_monitors_loss_without_validation(xor):
     X, y = xor
     model = cr.Model([cr.Dense(2, 1)], loss="bce_with_logits", optimizer=cr.SGD(lr=1e-9),

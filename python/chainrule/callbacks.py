@@ -28,7 +28,10 @@ class EarlyStopping(Callback):
         patience: epochs without improvement to wait (≥ 0).
         min_delta: the least change that counts as an improvement (≥ 0).
         mode: ``"min"`` or ``"max"``; ``"auto"`` picks max for accuracy and r2, min otherwise.
-        restore_best_weights: at the end, put back the weights of the best epoch.
+        restore_best_weights: when training ends, stopped early or with its epochs run out,
+            put back the weights of the best epoch (as scikit-learn's early stopping keeps its
+            best coefficients). A run stopped by Ctrl-C, another callback or an error keeps
+            its last completed step instead.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
@@ -51,6 +54,8 @@ class EarlyStopping(Callback):
         self.best_state: Optional[Dict[str, np.ndarray]] = None
         self.wait = 0
         self.stopped = False
+        self.last_epoch: Optional[int] = None
+        self._completed = False  # fit sets it when the epochs ran out
 
     def _key(self, logs: Dict[str, float]) -> str:
         if self.monitor in logs:
@@ -63,6 +68,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, model: Any, epoch: int, logs: Dict[str, float]) -> Optional[bool]:
         key = self._key(logs)
         value = logs[key]
+        self.last_epoch = epoch
         maximize = self.mode == "max" or (self.mode == "auto" and
                                           key.split("_")[-1] in ("accuracy", "r2"))
         sign = -1.0 if maximize else 1.0
@@ -78,7 +84,8 @@ class EarlyStopping(Callback):
         return None
 
     def on_train_end(self, model: Any) -> None:
-        if self.restore_best_weights and self.best_state is not None and self.stopped:
+        if (self.restore_best_weights and self.best_state is not None
+                and (self.stopped or self._completed) and self.best_epoch != self.last_epoch):
             model.load_state_dict(self.best_state)
 
     def __repr__(self) -> str:

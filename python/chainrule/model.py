@@ -832,6 +832,7 @@ class Model:
         per_epoch = bool(val is not None or cbs or progress.active)
         layer_cells = {i: self._rec(i).num_layers for i in self._recurrent_indices()}
         warned = False
+        nonfinite_stop = False  # on_nonfinite="stop" keeps the last finite weights
         try:
             with progress:
                 epoch = 0
@@ -853,6 +854,7 @@ class Model:
                     stopped = bool(cols["stopped"].size and cols["stopped"][-1])
                     done = len(cols["loss_sum"])
                     if stopped:
+                        nonfinite_stop = True
                         last = done - 1
                         where = (f"epoch {epoch + last + 1}, batch "
                                  f"{int(cols['nonfinite_batch'][last]) + 1}")
@@ -887,12 +889,14 @@ class Model:
                     if stop or self.stop_training:
                         history.interrupted = not (stopper is not None and stopper.stopped)
                         break
+            if stopper is not None and not (history.interrupted or nonfinite_stop):
+                stopper._completed = True
         finally:
             for cb in cbs:
                 if hasattr(cb, "on_train_end"):
                     cb.on_train_end(self)
-        if stopper is not None and stopper.stopped:
-            history.stopped_early = True
+        if stopper is not None:
+            history.stopped_early = stopper.stopped
             history.best_epoch = stopper.best_epoch
         return history
 
