@@ -371,6 +371,28 @@ def test_checksum_covers_the_metadata(blob):
         cr.from_bytes(_rebuild(blob, lambda h: h["__metadata__"].update(optimizer_step="7")))
 
 
+@pytest.mark.parametrize("step", ["-1", str(2**63), "1e3", ""])
+def test_a_forged_optimizer_step_is_an_architecture_error(blob, step):
+    """A re-signed file whose step is negative or out of range never loads: Adam's bias
+    correction would turn such a step into NaN weights."""
+    data = _resign(_rebuild(blob, lambda h: h["__metadata__"].update(optimizer_step=step)))
+    with pytest.raises(cr.ModelFileError, match="step"):
+        cr.from_bytes(data)
+
+
+@pytest.mark.parametrize("step", [-1, 2**63, "3", 2.0, True, None])
+def test_load_optimizer_state_refuses_a_step_that_is_not_a_count(step):
+    model, X, y = trained("adam")
+    state = model.optimizer_state()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"step must be an integer in \[0, 2\*\*63\), got"):
+        model.load_optimizer_state(dict(state, step=step))
+    model.load_optimizer_state(dict(state, step=np.int64(state["step"])))  # numpy ints are fine
+    model.fit(X, y, epochs=1, batch_size=8)
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    assert any((model.state_dict()[k] != before[k]).any() for k in before)
+
+
 def test_flipped_tensor_bit_is_a_checksum_error(blob):
     data = bytearray(blob)
     data[-3] ^= 0x10

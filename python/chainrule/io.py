@@ -240,8 +240,12 @@ def from_bytes(data: bytes) -> Any:
         raise ChecksumError("tensor data does not match the file's checksum: the file is "
                             "damaged")
     try:
-        config = json.loads(meta["config"])
         step = int(meta.get("optimizer_step", "0"))
+    except (ValueError, TypeError):
+        raise HeaderError(f"optimizer_step {meta.get('optimizer_step')!r} is not an "
+                          "integer") from None
+    try:
+        config = json.loads(meta["config"])
         rng = json.loads(meta.get("rng_state", "null"))
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise HeaderError(f"metadata is incomplete or malformed: {e}") from None

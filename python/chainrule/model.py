@@ -1039,6 +1039,11 @@ class Model:
         """Restores what :meth:`optimizer_state` returned (shapes are checked first)."""
         net = self._require_net()
         names = _STATE_NAMES[self._optimizer.kind]
+        step = state.get("step", 0)
+        if (isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer))
+                or not 0 <= int(step) < 2**63):
+            raise ValueError(f"optimizer state step must be an integer in [0, 2**63), got "
+                             f"{step!r}")
         staged = []
         for n, bufs in state.get("params", {}).items():
             if n not in net.param_names():
@@ -1054,7 +1059,7 @@ class Model:
             net.set(n, key, a)
             if key == "buf" and self._optimizer.kind == "sgd":
                 net.set_has_buf(n, True)
-        net.optimizer_steps = int(state.get("step", 0))
+        net.optimizer_steps = int(step)
 
     @_shared
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
