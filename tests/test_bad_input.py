@@ -175,6 +175,23 @@ def test_class_targets_beyond_int64(clf, bad):
     assert "9223372036854775808" not in str(info.value)
 
 
+def test_uint64_class_targets_beyond_int64_are_named_exactly(clf):
+    y = np.array([0, 1, 2**63 + 1], dtype=np.uint64)  # int64 would wrap it to a negative class
+    with pytest.raises(ValueError, match="y contains class 9223372036854775809, but"):
+        clf.fit(X2, y)
+    with pytest.raises(ValueError, match="class target 9223372036854775809 at row 2"):
+        cr.ops.loss_grad("cross_entropy", np.zeros((3, 3)), y)
+    clf.fit(X2, np.array([0, 1, 2], dtype=np.uint64), epochs=1)  # in range: fine
+
+
+def test_uint64_regression_targets_keep_their_value():
+    model = cr.Model([cr.Dense(2, 1)], loss="mse", dtype="float64", seed=0)
+    y = np.array([2**63 + 2**11, 1, 2], dtype=np.uint64)
+    out = model.predict(X2).ravel()
+    expected = np.mean((out - y.astype(np.float64)) ** 2)
+    assert model.evaluate(X2, y)["loss"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_continuous_targets_for_cross_entropy(clf):
     with pytest.raises(ValueError, match="continuous.*class indices"):
         clf.fit(X2, np.array([0.0, 1.5, 2.0]))

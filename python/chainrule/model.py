@@ -385,8 +385,10 @@ class Model:
         # round to a whole float32); float regression targets go straight to the model's dtype,
         # checked once there (a float32 round trip through float64 cost 10 ms per fit call on
         # the wide benchmark's 4096 x 1024 targets).
-        if raw.dtype.kind in "biu":
-            target: Any = np.int64
+        if raw.dtype == np.uint64:  # int64 would wrap values from 2**63: range-check them as is
+            target: Any = np.uint64 if self._loss.name == "cross_entropy" else self.dtype
+        elif raw.dtype.kind in "biu":
+            target = np.int64
         elif self._loss.name == "cross_entropy":
             target = np.float64
         else:

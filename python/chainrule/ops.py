@@ -381,6 +381,10 @@ def _loss_impl(
                     f"pred has shape {p_arr.shape} but the class-index target has shape "
                     f"{t_arr.shape}; expected target of shape ({n},) with values in [0, {c})"
                 )
+            if t_arr.dtype == np.uint64 and n and t_arr.max() >= c:  # int64 would wrap it
+                r = int(np.argmax(t_arr >= c))
+                raise ValueError(f"class target {t_arr[r]} at row {r} is out of range; expected "
+                                 f"0 <= target < {c}")
             value = _core.cross_entropy_index(
                 grad, pc, np.ascontiguousarray(t_arr, dtype=np.int64), reduction
             )
