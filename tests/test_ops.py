@@ -91,6 +91,22 @@ def test_nan_propagates_through_relu_and_leaky_relu():
     np.testing.assert_array_equal(ops.relu(x)[1:], [0.0, 2.0])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row", [[np.inf, 1.0, 0.0], [np.inf, -np.inf, 2.0], [1.0, np.nan, 0.0],
+                                 [-np.inf, -np.inf, -np.inf]])
+def test_a_row_without_a_finite_maximum_is_all_nan_as_in_torch(dtype, row):
+    # torch: x - max(x) is NaN at the +inf (or everywhere), so the row's normaliser is NaN too.
+    x = np.array([row, [1.0, 2.0, 3.0]] * 5, dtype=dtype)  # 10 rows: the 16-lane block too
+    for y in (ops.softmax(x), ops.log_softmax(x)):
+        assert np.isnan(y[0::2]).all() and np.isfinite(y[1::2]).all()
+    for target in (np.full(10, 1), np.full(x.shape, 1 / 3, dtype)):
+        for reduction in ("mean", "sum"):
+            loss, grad = ops.loss_grad("cross_entropy", x, target, reduction=reduction)
+            assert np.isnan(loss).all() and np.isnan(grad[0::2]).all()
+            assert np.isfinite(grad[1::2]).all()
+    assert np.isfinite(ops.loss_grad("cross_entropy", x[1::2], np.full(5, 1))[0])
+
+
 def test_softmax_acts_along_the_last_axis():
     x = np.random.default_rng(3).standard_normal((2, 3, 5))
     y = ops.softmax(x)

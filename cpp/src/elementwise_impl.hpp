@@ -42,6 +42,7 @@ inline double log1p_(double x) { return __builtin_log1p(x); }
 inline float sqrt_(float x) { return __builtin_sqrtf(x); }  // an instruction (-fno-math-errno)
 inline double sqrt_(double x) { return __builtin_sqrt(x); }
 template <class T> inline T neg_inf() { return -T(__builtin_inf()); }
+template <class T> inline T qnan() { return T(__builtin_nan("")); }
 
 // sum_{i < n} term(i) in A, blocked in kLanes lanes (see the top of the file).
 template <class A, class F>
@@ -144,18 +145,15 @@ inline idx first_equal(const T* x, idx n, T v) {
 // Row x (C) -> softmax or log_softmax, after subtracting the row maximum m (no exp overflows).
 template <class T>
 void softmax_row(T* y, const T* x, idx C, bool log) {
-  T m = max16(x, C);
-  const bool finite = isfinite_(m);
-  if (!finite) m = T(0);  // all -inf (or +inf) rows: let the arithmetic say NaN/0
+  const T m = max16(x, C);
+  if (!isfinite_(m)) {  // a +inf or NaN logit, or all -inf: x - m is NaN somewhere, as in torch
+    for (idx c = 0; c < C; ++c) y[c] = qnan<T>();
+    return;
+  }
   if (log) {
     // log sum_c e^{x_c - m} = log1p(sum over the others): the maximum contributes exactly 1, and
     // log1p keeps the relative precision that log(1 + small) loses when one logit dominates.
-    T lse;
-    if (finite) {
-      lse = log1p_(sum_exp_except(x, C, m, first_equal(x, C, m)));
-    } else {
-      lse = log_(sum16<T>(C, [&](idx c) { return vexp1(x[c] - m); }));
-    }
+    const T lse = log1p_(sum_exp_except(x, C, m, first_equal(x, C, m)));
     for (idx c = 0; c < C; ++c) y[c] = (x[c] - m) - lse;
   } else {
     for (idx c = 0; c < C; ++c) y[c] = vexp1(x[c] - m);
@@ -245,7 +243,7 @@ void act_backward(T* dx, const T* dy, const T* x, const T* y, idx R, idx C, int 
 template <class T>
 T log_sum_exp_shifted(const T* x, idx C, T& m) {
   m = max16(x, C);
-  if (!isfinite_(m)) return T(0);  // -inf row: lse = -inf; inf/NaN: propagate through m
+  if (!isfinite_(m)) return qnan<T>();  // +inf, NaN or all -inf: NaN loss and row, as torch
   // The maximum contributes exactly 1: log1p of the others' sum keeps the relative precision
   // of small losses (a confident, correct prediction), which log(1 + small) would lose.
   return log1p_(sum_exp_except(x, C, m, first_equal(x, C, m)));
@@ -348,7 +346,7 @@ double cross_entropy_index_lanes(T* grad, const T* x, const std::int64_t* target
       }
     for (idx l = 0; l < L; ++l) ls[l] = T(0);
     for (idx l = 0; l < nr; ++l) {  // scalar libm log1p, as log_sum_exp_shifted
-      if (isfinite_(m[l])) ls[l] = log1p_(s[l]);
+      ls[l] = isfinite_(m[l]) ? log1p_(s[l]) : qnan<T>();
       sum += double((m[l] - x[(r0 + l) * C + target[r0 + l]]) + ls[l]);
     }
     if (!grad) continue;
