@@ -204,6 +204,25 @@ def test_bce_needs_probabilities():
         model.fit(X2, Y1)
 
 
+@pytest.mark.parametrize("bad", [-1.0, 5.0, 1.0 + 1e-9])
+def test_bce_needs_targets_in_0_1(bad):
+    # torch: "all elements of target should be between 0 and 1"; a negative loss otherwise
+    model = cr.Model([cr.Dense(2, 1), cr.Sigmoid()], loss="bce", dtype="float64", seed=0)
+    before = model.state_dict()
+    y = np.array([0.0, 1.0, bad])
+    for call in (lambda: model.fit(X2, y, batch_size=1, shuffle=False),
+                 lambda: model.evaluate(X2, y)):
+        with pytest.raises(ValueError, match=rf"y contains {bad}.*targets in \[0, 1\]"):
+            call()
+    model.forward(X2)
+    with pytest.raises(ValueError, match=r"targets in \[0, 1\]"):
+        model.backward(y)
+    with pytest.raises(ValueError, match=r"bce expects targets in \[0, 1\], got -1"):
+        cr.ops.loss_grad("bce", np.full((3, 1), 0.5), np.array([[0.0], [1.0], [-1.0]]))
+    assert all((model.state_dict()[k] == before[k]).all() for k in before)
+    model.fit(X2, np.array([0.0, 0.25, 1.0]), epochs=1)  # probabilities as targets: fine
+
+
 # ---------------------------------------------------------------------------------------------
 # construction
 # ---------------------------------------------------------------------------------------------

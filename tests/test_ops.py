@@ -449,6 +449,16 @@ def test_losses_match_torch(torch, name, target_kind, reduction):
     np.testing.assert_allclose(grad, t_pred.grad.numpy(), **TORCH_TOL)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_saturated_bce_gradient_matches_torch_to_the_bit(torch, dtype):
+    # p (1 - p) below torch's EPSILON: the clamp is float 1e-12 (9.99999996e-13), in float64 too
+    pred = np.array([[1 - 1e-13, 1e-13, 1 - 1e-15, 0.0, 1.0, 0.5]], dtype=dtype)
+    target = np.array([[0.0, 1.0, 0.25, 1.0, 0.0, 1.0]], dtype=dtype)
+    t_pred = torch.tensor(pred, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy(t_pred, torch.tensor(target), reduction="sum").backward()
+    np.testing.assert_array_equal(ops.loss_grad("bce", pred, target, "sum")[1], t_pred.grad.numpy())
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_dense_matches_torch(torch, with_bias):
     F = torch.nn.functional

@@ -267,7 +267,8 @@ double mse(T* grad, const T* p, const T* t, idx n, T norm) {
 template <class T>
 double bce(T* grad, const T* p, const T* t, idx n, T scale) {
   // L = -(t max(log p, -100) + (1 - t) max(log(1 - p), -100)); the logs are libm calls, so the
-  // sum stays a plain loop. dL/dp = (p - t) / max(p (1 - p), 1e-12)   (PyTorch's EPSILON)
+  // sum stays a plain loop. dL/dp = (p - t) / max(p (1 - p), 1e-12)   (PyTorch's EPSILON, a float
+  // constant: 9.99999996e-13 in float64 too)
   double sum = 0;
   for (idx i = 0; i < n; ++i) {
     const T lp = max_(log_(p[i]), T(-100));
@@ -276,7 +277,7 @@ double bce(T* grad, const T* p, const T* t, idx n, T scale) {
   }
   if (grad)
     for (idx i = 0; i < n; ++i)
-      grad[i] = (p[i] - t[i]) / max_((T(1) - p[i]) * p[i], T(1e-12)) * scale;
+      grad[i] = (p[i] - t[i]) / max_((T(1) - p[i]) * p[i], T(1e-12f)) * scale;
   return sum;
 }
 

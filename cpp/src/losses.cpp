@@ -54,6 +54,11 @@ double loss_forward_backward(T* grad, const T* pred, const T* target, index_t R,
               "bce expects probabilities in [0, 1] (put a Sigmoid before it, or use "
               "'bce_with_logits'), got " + std::to_string(double(pred[i])) + " at element " +
               std::to_string(i));
+      for (index_t i = 0; i < n; ++i)  // as torch: "all elements of target should be between 0 and 1"
+        if (!(target[i] >= T(0) && target[i] <= T(1)))
+          throw std::invalid_argument("bce expects targets in [0, 1], got " +
+                                      std::to_string(double(target[i])) + " at element " +
+                                      std::to_string(i));
       sum = k.bce(grad, pred, target, n, T(mean ? 1.0 / double(n) : 1.0));
       break;
     case LossKind::bce_with_logits:
