@@ -135,7 +135,8 @@ def loss_grad(name: str, pred, target, reduction: str = "mean") -> Tuple[float, 
             log_p = np.maximum(np.log(p), -100.0)
             log_1mp = np.maximum(np.log1p(-p), -100.0)
         elem = -(t * log_p + (1.0 - t) * log_1mp)
-        grad = (p - t) / np.maximum(p * (1.0 - p), 1e-12)
+        # torch's EPSILON is the float 1e-12, also in float64
+        grad = (p - t) / np.maximum(p * (1.0 - p), float(np.float32(1e-12)))
         count = p.size
     elif name == "bce_with_logits":
         t = _f64(target)
