@@ -132,6 +132,45 @@ def test_input_grad_needs_a_backward_after_the_last_forward(rng):
     assert model.input_grad.shape == (6, 3)
 
 
+@pytest.mark.parametrize("layers,shape", [
+    (lambda: [cr.Dense(3, 4), cr.Tanh(), cr.Dense(4, 2)], (6, 3)),
+    (lambda: [cr.GRU(3, 5), cr.Dense(5, 2)], (6, 9, 3)),
+])
+def test_backward_after_the_weights_changed_needs_a_new_forward(rng, layers, shape):
+    """As torch refuses a graph whose tensors were modified in place: the tape's activations
+    belong to the old weights, and "sqrt" memory would recompute with the new ones."""
+    model = cr.Model(layers(), dtype="float64", seed=0, optimizer=cr.SGD(lr=0.5))
+    X = rng.standard_normal(shape)
+    y = rng.standard_normal(shape[:-1] + (2,))
+    changes = [model.step,
+               lambda: model.load_state_dict({k: 2 * v for k, v in model.state_dict().items()}),
+               lambda: model.load_state_dict({"0.bias" if len(shape) == 2 else "0.bias_hh_l0":
+                                              np.zeros(4 if len(shape) == 2 else 15)},
+                                             strict=False)]
+    for change in changes:
+        model.forward(X)
+        model.backward(y)
+        change()
+        grads = model.grads
+        with pytest.raises(RuntimeError, match="weights changed.*forward"):
+            model.backward(y)
+        with pytest.raises(RuntimeError, match="weights changed"):
+            model.backward(grad_output=np.ones(shape[:-1] + (2,)))
+        assert all((model.grads[k] == grads[k]).all() for k in grads)  # nothing accumulated
+    # what does not change the weights keeps the tape: gradients, optimizer state, reads
+    model.forward(X)
+    model.backward(y)
+    model.zero_grad()
+    model.load_optimizer_state(model.optimizer_state())
+    model.state_dict()
+    model.predict(X)
+    model.backward(y)
+    model.forward(X)  # a new forward after a change is the way on
+    model.step()
+    model.forward(X)
+    model.backward(y)
+
+
 def test_fit_invalidates_the_tape_of_an_earlier_forward(rng):
     """fit runs its own forwards; a backward afterwards must not use fit's last batch."""
     model = cr.Model([cr.Dense(3, 4), cr.Tanh(), cr.Dense(4, 2)], dtype="float64", seed=0)

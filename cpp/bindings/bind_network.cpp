@@ -169,15 +169,20 @@ void bind_one(py::module_& m, const char* name) {
                      carray<T> a) {
         std::unique_lock<std::shared_mutex> lock(n.mutex(), std::try_to_lock);
         if (!lock.owns_lock()) throw Busy("this model is in use by another thread; wait for it to finish");
-        Param<T>& p = n.param(name);
+        // Only a new value is a change of the weights (laid-out copies, the forward tape);
+        // gradients and optimizer buffers are not.
+        Param<T>& p = const_cast<Param<T>&>(std::as_const(n).param(name));
         Buffer<T>* b = param_buffer(p, which);
+        if (which == "value") p.changed();
         if (a.size() != p.size())
           throw std::invalid_argument("size mismatch for " + name + ": got " + shape_str(a));
         if (b->size() != p.size()) b->resize(p.size());  // an optimizer buffer not yet in use
         std::memcpy(b->data(), a.data(), b->bytes());
       }, py::arg("name"), py::arg("which"), py::arg("array").noconvert())
       .def("has_buf", [](const Net& n, const std::string& name) { return n.param(name).has_buf; })
-      .def("set_has_buf", [](Net& n, const std::string& name, bool v) { n.param(name).has_buf = v; })
+      .def("set_has_buf", [](Net& n, const std::string& name, bool v) {
+        const_cast<Param<T>&>(std::as_const(n).param(name)).has_buf = v;  // not the weights
+      })
       .def_property("optimizer_steps", &Net::optimizer_steps, &Net::set_optimizer_steps)
       .def("set_optimizer", [](Net& n, const py::dict& d) { n.set_optimizer(optimizer_from_dict(d)); })
       .def("set_loss", [](Net& n, const std::string& loss, const std::string& reduction) {

@@ -249,6 +249,24 @@ void Network<T>::forward_impl(const T* x, index_t batch, index_t time, bool borr
     throw;
   }
   tape_batch_ = batch;
+  tape_version_ = weights_version();
+}
+
+template <class T>
+std::uint64_t Network<T>::weights_version() const {
+  std::uint64_t v = 0;  // versions only grow: the sum changes whenever one of them does
+  for (const Param<T>* p : params_) v += p->version;
+  return v;
+}
+
+template <class T>
+void Network<T>::check_tape() const {
+  if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
+  if (weights_version() != tape_version_)
+    throw std::logic_error(
+        "backward() after the weights changed (step(), load_state_dict() or another write) "
+        "since the forward() that recorded its tape: the gradients would mix two sets of "
+        "weights; call forward() again first");
 }
 
 template <class T>
@@ -308,7 +326,7 @@ void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
 template <class T>
 double Network<T>::backward_loss(const T* yf, const std::int64_t* yi) {
   ExclusiveUse use(mutex_);
-  if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
+  check_tape();
   Buffer<T> grad(acts_.back().size());
   const double loss =
       loss_and_grad(grad.data(), acts_.back().data(), yf, yi, tape_batch_, shapes_.back());
@@ -319,7 +337,7 @@ double Network<T>::backward_loss(const T* yf, const std::int64_t* yi) {
 template <class T>
 void Network<T>::backward_grad(const T* grad_output) {
   ExclusiveUse use(mutex_);
-  if (tape_batch_ == 0) throw std::logic_error("backward() needs a forward() first");
+  check_tape();
   backward_impl(grad_output, true);
 }
 

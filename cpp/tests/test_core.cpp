@@ -128,8 +128,9 @@ void test_elementwise_paths(const char* dtype) {
     Rng rng{std::uint64_t(n)};
     auto x = random_vec<T>(rng, n), dy = random_vec<T>(rng, n), t = random_vec<T>(rng, n);
     for (auto& v : x) v *= 12;
-    std::vector<T> prob(n), xs = x;  // probabilities for bce; x with special values
+    std::vector<T> prob(n), probt(n), xs = x;  // probabilities for bce; x with special values
     for (std::size_t i = 0; i < n; ++i) prob[i] = (t[i] + 1) / 2;
+    for (std::size_t i = 0; i < n; ++i) probt[i] = (dy[i] + 1) / 2;  // bce targets in [0, 1]
     const T specials[] = {T(0), -T(0), T(1e-30), T(-88.5), T(95), T(-800), T(800), inf, -inf, nan};
     if (n > 20)
       for (std::size_t i = 0; i < 10; ++i) xs[3 * i + 1] = specials[i];
@@ -167,7 +168,9 @@ void test_elementwise_paths(const char* dtype) {
         for (Reduction red : {Reduction::mean, Reduction::sum}) {
           std::vector<T> g(n);
           const T* pred = kind == LossKind::bce ? prob.data() : x.data();
-          const T* target = kind == LossKind::cross_entropy ? prob.data() : t.data();
+          const T* target = kind == LossKind::cross_entropy ? prob.data()
+                            : kind == LossKind::bce             ? probt.data()
+                                                                : t.data();
           values.push_back(loss_forward_backward(g.data(), pred, target, R, C, kind, red));
           values.push_back(loss_forward_backward(static_cast<T*>(nullptr), pred, target, R, C, kind, red));
           outs.push_back(g);
@@ -436,6 +439,27 @@ void test_fit_leaves_no_tape() {
   }
 }
 
+void test_backward_refuses_a_tape_older_than_the_weights() {
+  std::vector<LayerSpec> layers(1);
+  layers[0].kind = "dense"; layers[0].in_features = 2; layers[0].out_features = 1;
+  Network<double> net(layers, 2, LossConfig{LossKind::mse}, OptimizerConfig{}, 3);
+  const double X[4] = {0, 1, 1, 0}, y[2] = {1, 0};
+  auto throws = [&] {
+    try { net.backward_loss(y, nullptr); } catch (const std::logic_error&) { return true; }
+    return false;
+  };
+  net.forward(X, 2, 0);
+  net.backward_loss(y, nullptr);
+  net.step();
+  check(throws(), "backward after a step needs a new forward");
+  net.forward(X, 2, 0);
+  net.param("0.weight").value[0] = 3;  // a write through the writable handle
+  check(throws(), "backward after a write through param() needs a new forward");
+  net.forward(X, 2, 0);
+  net.zero_grad();
+  check(!throws(), "zeroing the gradients keeps the tape");
+}
+
 void test_buffer_moves() {
   Buffer<float> a(100);
   a[99] = 1.f;
@@ -596,6 +620,7 @@ int main() {
   test_parallel_phases();
   test_network_learns_xor_and_reproduces();
   test_fit_leaves_no_tape();
+  test_backward_refuses_a_tape_older_than_the_weights();
   test_weight_writes_reach_predict();
   test_rng();
   test_buffer_moves();

@@ -199,6 +199,9 @@ class Network {
   // for cross_entropy), then backward through every layer. Returns the loss.
   double backward_loss(const T* yf, const std::int64_t* yi);
   // Backward from a caller-computed gradient of the loss w.r.t. the last output.
+  // Both throw std::logic_error without a forward, or when a weight changed after it (a step,
+  // a write through param(name) or Param::changed()), as torch refuses a graph whose tensors
+  // were modified in place.
   void backward_grad(const T* grad_output);
   // dL/dx of the last backward (batch, input sample).
   const T* input_grad() const { return dx_.data(); }
@@ -281,6 +284,9 @@ class Network {
   std::vector<std::unique_ptr<LayerCache>> caches_;
   index_t tape_batch_ = 0;
   const T* tape_in_ = nullptr;  // the tape's input of layer 0: acts_[0], or borrowed rows
+  std::uint64_t tape_version_ = 0;  // weights_version() when the tape was recorded
+  std::uint64_t weights_version() const;
+  void check_tape() const;  // backward's precondition: a tape, recorded with today's weights
   Buffer<T> g0_, g1_, dx_;
   Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
   std::vector<std::int64_t> yib_, yic_, perm_;
