@@ -223,6 +223,34 @@ def test_bce_needs_targets_in_0_1(bad):
     model.fit(X2, np.array([0.0, 0.25, 1.0]), epochs=1)  # probabilities as targets: fine
 
 
+def test_callbacks_are_checked_before_any_step(model):
+    before = model.state_dict()
+    for bad, match in (([1], "got int 1"), (5, "must be a list of Callback.*got int"),
+                       ([lambda e, l: None, "stop"], "got str 'stop'")):
+        with pytest.raises(TypeError, match=match):
+            model.fit(X2, Y1, epochs=3, callbacks=bad)
+        assert all((model.state_dict()[k] == before[k]).all() for k in before)
+    seen = []
+    model.fit(X2, Y1, epochs=3, callbacks=lambda epoch, logs: seen.append(epoch))  # no list
+    stopper = cr.EarlyStopping(patience=0)
+    model.fit(X2, Y1, epochs=3, callbacks=stopper)
+    assert seen == [0, 1, 2] and stopper.last_epoch is not None
+
+    class OnlyBegin:  # an object with some of the hooks only
+        def on_train_begin(self, model):
+            self.began = True
+    only = OnlyBegin()
+    model.fit(X2, Y1, epochs=2, callbacks=[only])
+    assert only.began
+
+
+def test_leaky_relu_takes_numpy_scalars():
+    assert cr.LeakyReLU(np.float32(0.25)).negative_slope == 0.25
+    assert cr.LeakyReLU(np.int64(1)).negative_slope == 1.0
+    with pytest.raises(TypeError, match="negative_slope must be a float, got bool"):
+        cr.LeakyReLU(np.True_)
+
+
 # ---------------------------------------------------------------------------------------------
 # construction
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +286,8 @@ def test_names_are_accepted():
     (lambda: cr.Adam(betas=0.9), "betas must be a pair"),
     (lambda: cr.SGD(nesterov=True), "Nesterov momentum requires a momentum"),
     (lambda: cr.EarlyStopping(patience=-1), "patience must be an int >= 0"),
+    (lambda: cr.LeakyReLU(float("nan")), "negative_slope must be a finite number, got nan"),
+    (lambda: cr.LeakyReLU(-np.inf), "negative_slope must be a finite number, got -inf"),
 ])
 def test_bad_hyperparameters(make, match):
     with pytest.raises(ValueError, match=match):
@@ -268,6 +298,7 @@ def test_bad_hyperparameters(make, match):
     (dict(batch_size=0), "batch_size must be a positive int, got 0"),
     (dict(batch_size=-3), "batch_size must be a positive int"),
     (dict(epochs=-1), "epochs must be >= 0, got -1"),
+    (dict(epochs=2**63), r"epochs must be less than 2\*\*63, got 9223372036854775808"),
     (dict(validation_split=1.0), r"validation_split must be in \[0, 1\)"),
     (dict(validation_split=0.1), "leaves 0 for validation"),
     (dict(validation_data=(X2,)), "validation_data must be a pair"),

@@ -392,3 +392,39 @@ def test_bad_bptt_memory(bad, lstm_model):
 def test_bad_bptt_steps(lstm_model):
     with pytest.raises(ValueError, match="bptt_steps must be a positive int"):
         lstm_model.fit(np.zeros((2, 4, 3)), np.zeros((2, 4, 1)), bptt_steps=0)
+
+
+def test_bptt_steps_and_budgets_beyond_64_bits(lstm_model):
+    X, Y = np.zeros((2, 4, 3)), np.zeros((2, 4, 1))
+    before = lstm_model.state_dict()
+    h_full = lstm_model.fit(X, Y, epochs=1, shuffle=False)  # longer chunks than T: full BPTT
+    lstm_model.load_state_dict(before)
+    h_huge = lstm_model.fit(X, Y, epochs=1, shuffle=False, bptt_steps=2**64)
+    assert h_full.loss == h_huge.loss
+    lstm_model.forward(X, bptt_memory=2**64)  # a budget beyond any memory: always "all"
+    assert lstm_model.bptt_workspace()["memory"] == "all"
+    lstm_model.bptt_memory = 10**30
+    lstm_model.fit(X, Y, epochs=1)
+
+
+def test_stateful_needs_equal_batches(lstm_model):
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((5, 4, 3)), rng.standard_normal((5, 4, 1))
+    before = lstm_model.state_dict()
+    with pytest.raises(ValueError, match="stateful=True.*batch_size=2.*last batch of 1"):
+        lstm_model.fit(X, Y, batch_size=2, shuffle=False, stateful=True)
+    with pytest.raises(ValueError, match="stateful=True.*4 training samples.*last batch of 1"):
+        lstm_model.fit(X, Y, batch_size=3, shuffle=False, stateful=True, validation_split=0.2)
+    assert all((lstm_model.state_dict()[k] == before[k]).all() for k in before)
+    lstm_model.fit(X[:4], Y[:4], batch_size=2, shuffle=False, stateful=True)
+
+
+def test_torch_tensors_that_require_grad_are_read_as_values(lstm_model):
+    torch = pytest.importorskip("torch")
+    X = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    out = lstm_model.forward(X, initial_state=(h0, c0))
+    want = lstm_model.forward(X.detach().numpy(),
+                              initial_state=(h0.detach().numpy(), c0.detach().numpy()))
+    np.testing.assert_array_equal(out, want)

@@ -16,7 +16,16 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a model is used before it has weights (as scikit-learn's NotFittedError)."""
 
 
+def detached(x: Any) -> Any:
+    """A torch tensor's values (as load_state_dict takes them): np.asarray refuses a tensor that
+    requires grad, or one on another device; anything else unchanged."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu()
+    return x
+
+
 def as_numeric(x: Any, name: str) -> np.ndarray:
+    x = detached(x)
     if x is None:
         raise TypeError(f"{name} must be an array-like of numbers, got None")
     if isinstance(x, (str, bytes, dict, set)):
@@ -112,10 +121,17 @@ def _check_finite(a: np.ndarray, name: str, source_dtype: np.dtype) -> None:
                          f"dtype('{a.dtype}'){note}.")
 
 
-def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False,
+                       clamp: bool = False) -> int:
+    """value as an int > 0 (>= 0 with allow_zero) below 2**63; with clamp, a larger value
+    (a batch or chunk longer than any data) becomes 2**63 - 1."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     v = int(value.__index__())
     if v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'a positive int'}, got {v}")
+    if v >= 2**63 and clamp:
+        return 2**63 - 1
+    if v >= 2**63:  # the core counts in signed 64 bits
+        raise ValueError(f"{name} must be less than 2**63, got {v}")
     return v

@@ -6,7 +6,10 @@ from the layers and owns the parameters, named as ``torch.nn.Sequential`` names 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
+
+import numpy as np
 
 __all__ = [
     "Layer", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
@@ -151,8 +154,11 @@ class LeakyReLU(_Activation):
     _name = "leaky_relu"
 
     def __init__(self, negative_slope: float = 0.01) -> None:
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(
+                negative_slope, (int, float, np.integer, np.floating)):
             raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
     def spec(self, in_features: int) -> Dict[str, Any]:

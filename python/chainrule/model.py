@@ -164,6 +164,12 @@ def _warn_gradient_flow(profile: np.ndarray, layer: int, factor: float) -> bool:
     return False
 
 
+def _is_callback(cb: Any) -> bool:
+    """A Callback (or any object with its hooks), or a function f(epoch, logs)."""
+    return (isinstance(cb, Callback) or callable(cb) or
+            any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")))
+
+
 class Model:
     """A feedforward (or recurrent) network trained by backpropagation.
 
@@ -574,7 +580,7 @@ class Model:
         if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) <= 0:
             raise ValueError(f"bptt_memory must be 'all', 'sqrt' or a positive byte budget, "
                              f"got {value!r}")
-        return int(value)
+        return min(int(value), 2**63 - 1)  # beyond any machine's memory: always "all"
 
     def _apply_bptt_memory(self, value: Union[None, str, int]) -> None:
         mode = self._bptt_memory if value is None else self._parse_bptt_memory(value)
@@ -770,7 +776,8 @@ class Model:
             A History of the per-epoch loss, metric and validation values.
         """
         epochs = check_positive_int("epochs", epochs, allow_zero=True)
-        steps = 0 if bptt_steps is None else check_positive_int("bptt_steps", bptt_steps)
+        steps = (0 if bptt_steps is None else
+                 check_positive_int("bptt_steps", bptt_steps, clamp=True))
         if (steps or stateful or record_grad_norms) and not self._recurrent_indices():
             raise ValueError("bptt_steps, stateful and record_grad_norms are for models with a "
                              "recurrent layer (RNN, LSTM, GRU)")
@@ -784,7 +791,8 @@ class Model:
         x, time = self._check_X(X, rows=rows)
         out_shape = self._output_shape(x.shape[0], time)
         yf, yi = self._check_y(y, out_shape)
-        batch = x.shape[0] if batch_size is None else check_positive_int("batch_size", batch_size)
+        batch = (x.shape[0] if batch_size is None else
+                 check_positive_int("batch_size", batch_size, clamp=True))
         batch = min(batch, x.shape[0])  # the core clamps too, but takes only 64-bit sizes
         max_norm = 0.0 if clip_grad_norm is None else float(clip_grad_norm)
         clip_value = 0.0 if clip_grad_value is None else float(clip_grad_value)
@@ -815,7 +823,26 @@ class Model:
             yf = None if yf is None else yf[:cut]
             yi = None if yi is None else yi[:cut]
 
-        cbs: List[Any] = list(callbacks or [])
+        if stateful and len(x) % batch:
+            raise ValueError(
+                f"stateful=True continues sample i of a batch in row i of the next, so every batch "
+                f"needs batch_size={batch} samples; got {len(x)} training samples, which leaves a "
+                f"last batch of {len(x) % batch}. Use a batch_size that divides {len(x)}, or drop "
+                f"the last {len(x) % batch} samples.")
+        if callbacks is None:
+            cbs: List[Any] = []
+        elif _is_callback(callbacks):
+            cbs = [callbacks]  # one callback without the list around it
+        else:
+            try:
+                cbs = list(callbacks)
+            except TypeError:
+                raise TypeError(f"callbacks must be a list of Callback objects or functions "
+                                f"f(epoch, logs), got {type(callbacks).__name__}") from None
+        for cb in cbs:  # before any step: a bad entry would otherwise fail after epoch 1
+            if not _is_callback(cb):
+                raise TypeError(f"callbacks must be Callback objects or functions f(epoch, logs), "
+                                f"got {type(cb).__name__} {cb!r}")
         stopper: Optional[EarlyStopping] = None
         if early_stopping is not None:
             stopper = (early_stopping if isinstance(early_stopping, EarlyStopping)
@@ -889,7 +916,10 @@ class Model:
                     stop = False
                     for cb in cbs:
                         fn = getattr(cb, "on_epoch_end", None)
-                        r = fn(self, epoch, logs) if fn is not None else cb(epoch, logs)
+                        if fn is not None:
+                            r = fn(self, epoch, logs)
+                        else:  # a function, or an object with only the other hooks
+                            r = cb(epoch, logs) if callable(cb) else None
                         stop = stop or r is True
                     epoch += 1
                     if stop or self.stop_training:

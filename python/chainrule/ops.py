@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
+from ._validation import detached
 
 __all__ = [
     "ACTIVATIONS",
@@ -67,7 +68,7 @@ _NEEDS_ONLY_Y = frozenset(("identity", "sigmoid", "tanh", "relu", "softmax", "lo
 def _as_numeric(x: ArrayLike, name: str) -> np.ndarray:
     """x as an ndarray of real numbers (no copy when it already is one)."""
     try:
-        arr = np.asarray(x)
+        arr = np.asarray(detached(x))
     except (ValueError, TypeError) as e:
         raise TypeError(f"{name} could not be converted to a numeric array: {e}") from None
     if arr.dtype.kind not in "biuf":
