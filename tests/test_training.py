@@ -513,6 +513,50 @@ def test_nonfinite_stop_in_the_first_batch_with_per_epoch_work(per_epoch, capsys
     assert all(np.isfinite(v).all() for v in model.state_dict().values())
 
 
+OVERFLOWING_STEPS = [
+    (lambda lr: cr.SGD(lr=lr), "float64"),
+    (lambda lr: cr.SGD(lr=lr, weight_decay=0.5), "float32"),
+    (lambda lr: cr.SGD(lr=lr, momentum=0.9, nesterov=True), "float64"),
+    (lambda lr: cr.Adam(lr=lr), "float32"),
+    (lambda lr: cr.Adam(lr=lr, amsgrad=True), "float64"),
+]
+
+
+@pytest.mark.parametrize("make,dtype", OVERFLOWING_STEPS)
+def test_an_overflowing_step_from_finite_gradients_never_reaches_the_weights(make, dtype):
+    """lr x gradient beyond the dtype's range: the loss and gradient are finite, the update is
+    not. The first epoch trains normally (so the check runs on tracked weights, not a first
+    step); then a learning rate near the dtype's maximum overflows the first step."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3)), 1e3 * rng.standard_normal((16, 1))
+    huge = float(np.finfo(dtype).max) / 8  # times gradients of ~1e3 (Adam: lr / (1 - beta1))
+    model = cr.Model([cr.Dense(3, 4), cr.Tanh(), cr.Dense(4, 1)], optimizer=make(0.01),
+                     dtype=dtype, seed=0)
+    model.fit(X, y, epochs=1, batch_size=4, shuffle=False)
+    model.optimizer = make(huge)
+    before = model.state_dict()
+    with pytest.raises(FloatingPointError, match=r"non-finite update \(the loss [0-9.e+-]+ and "
+                                                 r"the gradients were finite.*epoch 1, batch 1"):
+        model.fit(X, y, epochs=2, batch_size=4, shuffle=False)
+    assert all((model.state_dict()[k] == before[k]).all() for k in before)
+    with pytest.warns(RuntimeWarning, match="non-finite update"):
+        hist = model.fit(X, y, epochs=2, batch_size=4, shuffle=False, on_nonfinite="stop")
+    assert hist.nonfinite == (0, 0) and hist.epochs == 0
+    assert all((model.state_dict()[k] == before[k]).all() for k in before)
+    model.fit(X, y, epochs=1, batch_size=4, shuffle=False, on_nonfinite="ignore")  # steps on
+    assert not all(np.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_step_that_stays_finite_near_the_top_of_the_range_is_taken():
+    # float32: w = 1e38, y = 2e38, gradient 2 (w - y) = -2e38; w - 0.5 g = 2e38 is finite, though
+    # close enough to the top that only the dry run can tell
+    model = cr.Model([cr.Dense(1, 1, bias=False)], optimizer=cr.SGD(lr=0.5), seed=0)
+    model.load_state_dict({"0.weight": np.array([[1e38]], np.float32)})
+    X, y = np.array([[1.0]], np.float32), np.array([[2e38]], np.float32)
+    model.fit(X, y, epochs=1, batch_size=1)
+    assert model.state_dict()["0.weight"][0, 0] == np.float32(2e38)
+
+
 def test_nonfinite_ignore_records_but_does_not_warn():
     model, X, y = exploding("ignore")
     with warnings.catch_warnings():

@@ -91,6 +91,7 @@ py::dict stats_to_columns(const std::vector<EpochStats>& stats) {
   d["grad_norm_sum"] = col([](const EpochStats& s) { return s.grad_norm_sum; });
   d["nonfinite_batch"] = col([](const EpochStats& s) { return s.nonfinite_batch; });
   d["nonfinite_loss"] = col([](const EpochStats& s) { return s.nonfinite_loss; });
+  d["nonfinite_update"] = col([](const EpochStats& s) { return s.nonfinite_update; });
   d["stopped"] = col([](const EpochStats& s) { return s.stopped; });
   d["correct"] = col([](const EpochStats& s) { return s.correct; });
   d["counted"] = col([](const EpochStats& s) { return s.counted; });

@@ -43,6 +43,22 @@ bool all_finite(const T* x, index_t n) {
   return !bad.load(std::memory_order_relaxed);
 }
 
+template <class T>
+int max_exponent(const T* x, index_t n) {
+  const elem::ElemOps<T>& ops = elem::ops<T>();
+  if (n < (1 << 20)) return ops.max_exponent(x, n);  // as all_finite
+  std::atomic<int> mx{0};
+  parallel_ranges(n, 16, n / 524288, [&](std::int64_t lo, std::int64_t hi) {
+    const int e = ops.max_exponent(x + lo, hi - lo);
+    int cur = mx.load(std::memory_order_relaxed);
+    while (e > cur && !mx.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
+    }
+  });
+  return mx.load(std::memory_order_relaxed);
+}
+
+template int max_exponent<float>(const float*, index_t);
+template int max_exponent<double>(const double*, index_t);
 template bool all_finite<float>(const float*, index_t);
 template bool all_finite<double>(const double*, index_t);
 

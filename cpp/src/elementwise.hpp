@@ -45,9 +45,14 @@ struct ElemOps {
   double (*cross_entropy_prob)(T* grad, const T* x, const T* t, idx R, idx C, T scale);
   double (*cross_entropy_index)(T* grad, const T* x, const std::int64_t* t, idx R, idx C,
                                 T scale);
-  // Optimizer updates of one tensor of n elements, in place.
-  void (*sgd)(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a);
+  // Optimizer updates of one tensor of n elements, in place; sgd returns the largest biased
+  // exponent among the new weights. The _check forms are dry runs: true when the update would
+  // leave every weight and optimizer buffer finite; they write nothing.
+  int (*sgd)(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a);
+  bool (*sgd_check)(const T* p, const T* grad, const T* buf, idx n, const SgdArgs<T>& a);
   void (*adam)(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a);
+  bool (*adam_check)(const T* p, const T* grad, const T* m, const T* v, const T* vmax, idx n,
+                     const AdamArgs<T>& a);
   // Clipping: sum of g^2 in double; max |g| in double (the first NaN if there is one); g *= coef;
   // g = clamp(g, lo, hi).
   double (*sum_squares)(const T* g, idx n);
@@ -56,6 +61,8 @@ struct ElemOps {
   void (*clamp)(T* g, idx n, T lo, T hi);
   // True when no element is NaN or +-inf.
   bool (*all_finite)(const T* x, idx n);
+  // The largest biased exponent field (255 or 2047 when an element is NaN or +-inf).
+  int (*max_exponent)(const T* x, idx n);
   // acc[c] += x[r * ldx + c] for r = 0..rows-1 in order, c < cols (a bias gradient).
   void (*col_sums)(T* acc, const T* x, idx rows, idx cols, idx ldx);
 };

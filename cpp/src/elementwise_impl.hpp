@@ -382,66 +382,150 @@ double cross_entropy_index(T* grad, const T* x, const std::int64_t* target, idx 
   return sum;
 }
 
+// ================================================================ exponent fields
+// The biased exponent field of x, in place in its bits: all ones for NaN and +-inf.
+template <int Bytes> struct Bits;
+template <> struct Bits<4> { using U = std::uint32_t; };
+template <> struct Bits<8> { using U = std::uint64_t; };
+template <class T> struct ExpBits;
+template <> struct ExpBits<float> {
+  static constexpr std::uint32_t kMask = 0x7F800000u;
+  static constexpr int kShift = 23;
+};
+template <> struct ExpBits<double> {
+  static constexpr std::uint64_t kMask = 0x7FF0000000000000ull;
+  static constexpr int kShift = 52;
+};
+template <class T>
+inline typename Bits<sizeof(T)>::U exponent_field(T x) {
+  return __builtin_bit_cast(typename Bits<sizeof(T)>::U, x) & ExpBits<T>::kMask;
+}
+
 // ================================================================ optimizers
 // One SGD variant with its options fixed at compile time, so that each loop is branch-free and
 // vectorises. sign is -1 with maximize (an exact negation), else 1. PyTorch's operation order.
+// The update of one element, shared by the step and by its dry run (sgd_check), which so compute
+// the same values: b is the new momentum buffer, the return value the new weight.
 template <class T, bool kDecay, bool kMomentum, bool kHasBuf, bool kNesterov>
-void sgd_loop(T* __restrict p, const T* __restrict grad, T* __restrict buf, idx n,
-              const SgdArgs<T>& a) {
-  const T sign = a.sign, lr = a.lr, wd = a.wd, mu = a.mu, one_minus_damp = a.one_minus_damp;
-  for (idx i = 0; i < n; ++i) {
-    T g = sign * grad[i];
-    if (kDecay) g = g + wd * p[i];                          // d_p = d_p.add(p, alpha=wd)
-    if (kMomentum) {
-      const T b = kHasBuf ? mu * buf[i] + one_minus_damp * g : g;  // buf.mul_(mu).add_(d_p, 1-damp)
-      buf[i] = b;
-      g = kNesterov ? g + mu * b : b;
-    }
-    p[i] = p[i] - lr * g;                                   // p.add_(d_p, alpha=-lr)
+inline T sgd_elem(T p, T grad, T buf, T& b, const SgdArgs<T>& a) {
+  T g = a.sign * grad;
+  if (kDecay) g = g + a.wd * p;                                  // d_p = d_p.add(p, alpha=wd)
+  if (kMomentum) {
+    b = kHasBuf ? a.mu * buf + a.one_minus_damp * g : g;         // buf.mul_(mu).add_(d_p, 1-damp)
+    g = kNesterov ? g + a.mu * b : b;
   }
+  return p - a.lr * g;                                           // p.add_(d_p, alpha=-lr)
 }
 
-template <class T, bool kDecay>
-void sgd_momentum(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a) {
-  if (a.has_buf) {
-    if (a.nesterov) sgd_loop<T, kDecay, true, true, true>(p, grad, buf, n, a);
-    else sgd_loop<T, kDecay, true, true, false>(p, grad, buf, n, a);
-  } else {
-    if (a.nesterov) sgd_loop<T, kDecay, true, false, true>(p, grad, buf, n, a);
-    else sgd_loop<T, kDecay, true, false, false>(p, grad, buf, n, a);
+// The step; returns the largest biased exponent of the new weights (see Network::step_impl).
+template <class T, bool kDecay, bool kMomentum, bool kHasBuf, bool kNesterov>
+struct SgdStep {
+  static int run(T* __restrict p, const T* __restrict grad, T* __restrict buf, idx n,
+                 const SgdArgs<T>& args) {
+    const SgdArgs<T> a = args;  // a local copy: the stores below cannot alias it
+    typename Bits<sizeof(T)>::U ex = 0;
+    for (idx i = 0; i < n; ++i) {
+      T b = T(0);
+      const T pn = sgd_elem<T, kDecay, kMomentum, kHasBuf, kNesterov>(
+          p[i], grad[i], kMomentum && kHasBuf ? buf[i] : T(0), b, a);
+      if (kMomentum) buf[i] = b;
+      p[i] = pn;
+      ex = max_(ex, exponent_field(pn));
+    }
+    return int(ex >> ExpBits<T>::kShift);
   }
+};
+
+// The dry run: true when the step would leave every weight and buffer finite. Writes nothing.
+template <class T, bool kDecay, bool kMomentum, bool kHasBuf, bool kNesterov>
+struct SgdCheck {
+  static bool run(const T* __restrict p, const T* __restrict grad, const T* __restrict buf,
+                  idx n, const SgdArgs<T>& args) {
+    const SgdArgs<T> a = args;
+    typename Bits<sizeof(T)>::U bad = 0;
+    for (idx i = 0; i < n; ++i) {
+      T b = T(0);
+      const T pn = sgd_elem<T, kDecay, kMomentum, kHasBuf, kNesterov>(
+          p[i], grad[i], kMomentum && kHasBuf ? buf[i] : T(0), b, a);
+      bad |= (exponent_field(pn) == ExpBits<T>::kMask) | (exponent_field(b) == ExpBits<T>::kMask);
+    }
+    return !bad;
+  }
+};
+
+// Runs Loop<T, options...>::run(args...) for the options in a.
+template <template <class, bool, bool, bool, bool> class Loop, class T, class... A>
+auto sgd_variant(const SgdArgs<T>& a, A... args) {
+  if (!a.momentum)
+    return a.decay ? Loop<T, true, false, false, false>::run(args..., a)
+                   : Loop<T, false, false, false, false>::run(args..., a);
+  if (a.decay) {
+    if (a.has_buf)
+      return a.nesterov ? Loop<T, true, true, true, true>::run(args..., a)
+                        : Loop<T, true, true, true, false>::run(args..., a);
+    return a.nesterov ? Loop<T, true, true, false, true>::run(args..., a)
+                      : Loop<T, true, true, false, false>::run(args..., a);
+  }
+  if (a.has_buf)
+    return a.nesterov ? Loop<T, false, true, true, true>::run(args..., a)
+                      : Loop<T, false, true, true, false>::run(args..., a);
+  return a.nesterov ? Loop<T, false, true, false, true>::run(args..., a)
+                    : Loop<T, false, true, false, false>::run(args..., a);
 }
 
 template <class T>
-void sgd(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a) {
-  if (!a.momentum) {
-    if (a.decay) sgd_loop<T, true, false, false, false>(p, grad, buf, n, a);
-    else sgd_loop<T, false, false, false, false>(p, grad, buf, n, a);
-  } else if (a.decay) {
-    sgd_momentum<T, true>(p, grad, buf, n, a);
-  } else {
-    sgd_momentum<T, false>(p, grad, buf, n, a);
-  }
+int sgd(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a) {
+  return sgd_variant<SgdStep>(a, p, grad, buf, n);
+}
+
+template <class T>
+bool sgd_check(const T* p, const T* grad, const T* buf, idx n, const SgdArgs<T>& a) {
+  return sgd_variant<SgdCheck>(a, p, grad, buf, n);
+}
+
+// Adam's update of one element, shared by the step and its dry run: m, v (and vmax with
+// amsgrad) are updated in place in the caller's locals; returns the new weight.
+template <class T, bool kAmsgrad, bool kLerpLow>
+inline T adam_elem(T p, T grad, T& m, T& v, T& vmax, const AdamArgs<T>& a) {
+  T g = (a.maximize ? T(-1) : T(1)) * grad;
+  if (a.decay) g = g + a.wd * p;
+  // exp_avg.lerp_(g, w): PyTorch's lerp picks the form that is exact at its nearer end.
+  m = kLerpLow ? m + a.w * (g - m) : g - (g - m) * a.one_minus_w;
+  v = v * a.b2 + a.one_minus_b2 * (g * g);  // exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2)
+  T vv = v;
+  if (kAmsgrad) { vv = max_(vmax, v); vmax = vv; }
+  const T denom = sqrt_(vv) / a.bc2_sqrt + a.eps;
+  return p + (-a.step_size) * (m / denom);  // p.addcdiv_(m, denom, value=-step_size)
 }
 
 template <class T, bool kAmsgrad, bool kLerpLow>
 void adam_loop(T* __restrict p, const T* __restrict grad, T* __restrict m, T* __restrict v,
-               T* __restrict vmax, idx n, const AdamArgs<T>& a) {
-  const T sign = a.maximize ? T(-1) : T(1), wd = a.decay ? a.wd : T(0);
-  const bool decay = a.decay;
+               T* __restrict vmax, idx n, const AdamArgs<T>& args) {
+  AdamArgs<T> a = args;
+  if (!a.decay) a.wd = T(0);
   for (idx i = 0; i < n; ++i) {
-    T g = sign * grad[i];
-    if (decay) g = g + wd * p[i];
-    // exp_avg.lerp_(g, w): PyTorch's lerp picks the form that is exact at its nearer end.
-    const T mi = kLerpLow ? m[i] + a.w * (g - m[i]) : g - (g - m[i]) * a.one_minus_w;
+    T mi = m[i], vi = v[i], vm = kAmsgrad ? vmax[i] : T(0);
+    p[i] = adam_elem<T, kAmsgrad, kLerpLow>(p[i], grad[i], mi, vi, vm, a);
     m[i] = mi;
-    const T vi = v[i] * a.b2 + a.one_minus_b2 * (g * g);  // exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2)
     v[i] = vi;
-    T vv = vi;
-    if (kAmsgrad) { vv = max_(vmax[i], vi); vmax[i] = vv; }
-    const T denom = sqrt_(vv) / a.bc2_sqrt + a.eps;
-    p[i] = p[i] + (-a.step_size) * (mi / denom);  // p.addcdiv_(m, denom, value=-step_size)
+    if (kAmsgrad) vmax[i] = vm;
   }
+}
+
+template <class T, bool kAmsgrad, bool kLerpLow>
+bool adam_check_loop(const T* __restrict p, const T* __restrict grad, const T* __restrict m,
+                     const T* __restrict v, const T* __restrict vmax, idx n,
+                     const AdamArgs<T>& args) {
+  AdamArgs<T> a = args;
+  if (!a.decay) a.wd = T(0);
+  typename Bits<sizeof(T)>::U bad = 0;
+  for (idx i = 0; i < n; ++i) {
+    T mi = m[i], vi = v[i], vm = kAmsgrad ? vmax[i] : T(0);
+    const T pn = adam_elem<T, kAmsgrad, kLerpLow>(p[i], grad[i], mi, vi, vm, a);
+    bad |= (exponent_field(pn) == ExpBits<T>::kMask) | (exponent_field(mi) == ExpBits<T>::kMask) |
+           (exponent_field(vi) == ExpBits<T>::kMask);
+  }
+  return !bad;
 }
 
 template <class T>
@@ -453,6 +537,16 @@ void adam(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a)
     if (a.lerp_low) adam_loop<T, false, true>(p, grad, m, v, vmax, n, a);
     else adam_loop<T, false, false>(p, grad, m, v, vmax, n, a);
   }
+}
+
+template <class T>
+bool adam_check(const T* p, const T* grad, const T* m, const T* v, const T* vmax, idx n,
+                const AdamArgs<T>& a) {
+  if (a.amsgrad)
+    return a.lerp_low ? adam_check_loop<T, true, true>(p, grad, m, v, vmax, n, a)
+                      : adam_check_loop<T, true, false>(p, grad, m, v, vmax, n, a);
+  return a.lerp_low ? adam_check_loop<T, false, true>(p, grad, m, v, vmax, n, a)
+                    : adam_check_loop<T, false, false>(p, grad, m, v, vmax, n, a);
 }
 
 // ================================================================ clipping
@@ -489,21 +583,25 @@ void scale(T* g, idx n, T coef) {
 // A value is NaN or inf exactly when its exponent bits are all ones. An integer OR-reduction of
 // that test vectorises at every width (a floating-point sum would chain one dependent add per
 // element); blocks of 4096 stop early on the first bad one.
-template <int Bytes> struct Bits;
-template <> struct Bits<4> { using U = std::uint32_t; };
-template <> struct Bits<8> { using U = std::uint64_t; };
-
 template <class T>
 bool all_finite(const T* x, idx n) {
   using U = typename Bits<sizeof(T)>::U;
-  constexpr U exp_mask = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
   for (idx lo = 0; lo < n; lo += 4096) {
     const idx hi = n - lo < 4096 ? n : lo + 4096;
     U any = 0;
-    for (idx i = lo; i < hi; ++i) any |= U((__builtin_bit_cast(U, x[i]) & exp_mask) == exp_mask);
+    for (idx i = lo; i < hi; ++i) any |= U(exponent_field(x[i]) == ExpBits<T>::kMask);
     if (any) return false;
   }
   return true;
+}
+
+// The largest biased exponent in x (kAllOnes when one is NaN or inf): an unsigned max of the
+// exponent fields, exact in any order, so it vectorises like all_finite.
+template <class T>
+int max_exponent(const T* x, idx n) {
+  typename Bits<sizeof(T)>::U m = 0;
+  for (idx i = 0; i < n; ++i) m = max_(m, exponent_field(x[i]));
+  return int(m >> ExpBits<T>::kShift);
 }
 
 // Column blocks of 64 held in local accumulators (registers at AVX-512 width) while the rows
@@ -539,9 +637,9 @@ void clamp(T* g, idx n, T lo, T hi) {
 template <class T>
 constexpr ElemOps<T> table() {
   return ElemOps<T>{&act_forward<T>, &act_backward<T>, &mse<T>, &bce<T>, &bce_logits<T>,
-                    &cross_entropy_prob<T>, &cross_entropy_index<T>, &sgd<T>, &adam<T>,
-                    &sum_squares<T>, &max_abs<T>, &scale<T>, &clamp<T>, &all_finite<T>,
-                    &col_sums<T>};
+                    &cross_entropy_prob<T>, &cross_entropy_index<T>, &sgd<T>, &sgd_check<T>,
+                    &adam<T>, &adam_check<T>, &sum_squares<T>, &max_abs<T>, &scale<T>,
+                    &clamp<T>, &all_finite<T>, &max_exponent<T>, &col_sums<T>};
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "chainrule/network.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -94,6 +95,10 @@ void for_slices(index_t n, const F& f) {
   parallel_ranges(n, 16, n / kGrain, f);
 }
 
+// The exponent field of NaN and +-inf (max_exponent's answer when one is there).
+template <class T>
+constexpr int kExpAllOnes = sizeof(T) == 4 ? 255 : 2047;
+
 template <class T>
 void zero_param_grad(Param<T>* p) {
   T* g = p->grad.data();
@@ -105,13 +110,6 @@ void zero_param_grad(Param<T>* p) {
 template <class T>
 void zero_grads(const std::vector<Param<T>*>& params) {
   for (Param<T>* p : params) zero_param_grad(p);
-}
-
-template <class T>
-bool all_finite(const std::vector<Param<T>*>& params) {
-  for (const Param<T>* p : params)
-    if (!chainrule::all_finite(p->grad.data(), p->size())) return false;
-  return true;
 }
 
 }  // namespace
@@ -357,10 +355,16 @@ void Network<T>::step_impl() {
     if (opt_.kind == OptimizerConfig::Kind::sgd) {
       T* buf = p->buf.size() ? p->buf.data() : nullptr;
       const bool has_buf = p->has_buf;
+      std::atomic<int> exp{0};
       for_slices(p->size(), [&](index_t lo, index_t hi) {
-        sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
+        const int e = sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
+        int cur = exp.load(std::memory_order_relaxed);
+        while (e > cur && !exp.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
+        }
       });
       p->has_buf = opt_.sgd.momentum != 0;
+      p->value_exp = exp.load(std::memory_order_relaxed);
+      p->value_exp_version = p->version;
     } else {
       T *m = p->buf.data(), *v = p->buf2.data(), *vmax = p->buf3.size() ? p->buf3.data() : nullptr;
       for_slices(p->size(), [&](index_t lo, index_t hi) {
@@ -395,6 +399,66 @@ void Network<T>::clip_value_impl(double clip_value) {
   gather_grads();
   chainrule::clip_grad_value(grad_ptrs_.data(), grad_sizes_.data(), grad_ptrs_.size(),
                              clip_value);
+}
+
+template <class T>
+bool Network<T>::grads_finite() {
+  grad_exp_.resize(params_.size());
+  bool finite = true;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    grad_exp_[i] = max_exponent(params_[i]->grad.data(), params_[i]->size());
+    finite = finite && grad_exp_[i] != kExpAllOnes<T>;
+  }
+  return finite;
+}
+
+// Would the step about to run leave every weight and optimizer buffer finite? The loss and the
+// gradients are finite by now, yet lr times a gradient (or Adam's second moment g^2) can still
+// overflow. For plain SGD a bound usually settles it with what is known: |g| < 2^(eg - bias + 1)
+// from grads_finite (clipping only shrinks it) and |w| < 2^(ew - bias + 1) from the step that
+// wrote w, so |w - lr (g + wd w)| stays far below the largest T unless both are near it. Every
+// other case, and a bound that does not settle it, runs the update as a dry run that writes
+// nothing: the same arithmetic as the step, so exactly its outcome.
+template <class T>
+bool Network<T>::update_finite() {
+  const double top = double(std::numeric_limits<T>::max());
+  const int bias = std::numeric_limits<T>::max_exponent - 1;
+  auto bound = [&](int e) { return std::ldexp(1.0, std::max(e, 1) - bias + 1); };
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const Param<T>* p = params_[i];
+    const T *w = p->value.data(), *g = p->grad.data();
+    if (opt_.kind == OptimizerConfig::Kind::sgd) {
+      const SGDConfig& c = opt_.sgd;
+      if (c.momentum == 0 && p->value_exp_version == p->version) {
+        // lr and wd as the kernel applies them: rounded to T (1e39 is inf in float)
+        const double lr = std::fabs(double(T(c.lr))), wd = std::fabs(double(T(c.weight_decay)));
+        const double W = bound(p->value_exp);
+        const double d = bound(grad_exp_[i]) + wd * W;  // > |g + wd w|
+        // Four roundings at most, each below a relative 2^-24: a margin of 2 covers them.
+        if (2 * d < top && 2 * (W + lr * d) < top) continue;
+      }
+      const T* buf = p->buf.size() ? p->buf.data() : nullptr;
+      std::atomic<bool> ok{true};
+      for_slices(p->size(), [&](index_t lo, index_t hi) {
+        if (ok.load(std::memory_order_relaxed) &&
+            !sgd_step_finite(w + lo, g + lo, buf ? buf + lo : nullptr, p->has_buf, hi - lo, c))
+          ok.store(false, std::memory_order_relaxed);
+      });
+      if (!ok.load()) return false;
+    } else {
+      const T *m = p->buf.data(), *v = p->buf2.data();
+      const T* vmax = p->buf3.size() ? p->buf3.data() : nullptr;
+      std::atomic<bool> ok{true};
+      for_slices(p->size(), [&](index_t lo, index_t hi) {
+        if (ok.load(std::memory_order_relaxed) &&
+            !adam_step_finite(w + lo, g + lo, m + lo, v + lo, vmax ? vmax + lo : nullptr,
+                              steps_ + 1, hi - lo, opt_.adam))
+          ok.store(false, std::memory_order_relaxed);
+      });
+      if (!ok.load()) return false;
+    }
+  }
+  return true;
 }
 
 template <class T>
@@ -468,11 +532,28 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     for (auto& l : layers_) l->cancel_overwrite_grads();
     throw;
   }
-  // A non-finite loss or gradient never reaches the weights unless the caller said "ignore":
-  // then the weights stay those of the last finite step.
-  if (!std::isfinite(loss) || !all_finite(params_)) {
+  // A non-finite loss, gradient or update never reaches the weights unless the caller said
+  // "ignore": then the weights stay those of the last finite step.
+  if (!std::isfinite(loss) || !grads_finite()) {
     if (st.nonfinite_batch < 0) { st.nonfinite_batch = b; st.nonfinite_loss = loss; }
     if (opt.stop_on_nonfinite) { st.stopped = true; return false; }
+  }
+  double norm = 0;
+  if (opt.clip.max_norm > 0)
+    norm = clip_norm_impl(opt.clip.max_norm, opt.clip.norm_type, opt.clip.error_if_nonfinite);
+  if (opt.clip.clip_value > 0) clip_value_impl(opt.clip.clip_value);
+  if (opt.stop_on_nonfinite && !update_finite()) {
+    if (st.nonfinite_batch < 0) {
+      st.nonfinite_batch = b;
+      st.nonfinite_loss = loss;
+      st.nonfinite_update = true;
+    }
+    st.stopped = true;
+    return false;
+  }
+  if (opt.clip.max_norm > 0) {
+    st.grad_norm_max = std::max(st.grad_norm_max, norm);
+    st.grad_norm_sum += norm;
   }
   accumulate_metric(st, loss_.kind, acts_.back().data(), yf, yi, bs * shapes_.back().rows(),
                     shapes_.back().features);
@@ -491,13 +572,6 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     }
     if (t_offset == 0) st.step_norm_count += 1;
   }
-  if (opt.clip.max_norm > 0) {
-    const double norm =
-        clip_norm_impl(opt.clip.max_norm, opt.clip.norm_type, opt.clip.error_if_nonfinite);
-    st.grad_norm_max = std::max(st.grad_norm_max, norm);
-    st.grad_norm_sum += norm;
-  }
-  if (opt.clip.clip_value > 0) clip_value_impl(opt.clip.clip_value);
   step_impl();
   st.loss_sum += loss * double(bs);
   st.samples += bs;

@@ -11,8 +11,10 @@ namespace chainrule {
 
 // The loops live in elementwise_impl.hpp, compiled once per ISA path; here the scalars, computed
 // in double and rounded to T as PyTorch does, and the choice of path.
+namespace {
+
 template <class T>
-void sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg) {
+elem::SgdArgs<T> sgd_args(bool has_buf, const SGDConfig& cfg) {
   elem::SgdArgs<T> a;
   a.decay = cfg.weight_decay != 0;
   a.momentum = cfg.momentum != 0;
@@ -23,12 +25,11 @@ void sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDCon
   a.wd = T(cfg.weight_decay);
   a.mu = T(cfg.momentum);
   a.one_minus_damp = T(1.0 - cfg.dampening);
-  elem::ops<T>().sgd(p, grad, buf, n, a);
+  return a;
 }
 
 template <class T>
-void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
-               const AdamConfig& cfg) {
+elem::AdamArgs<T> adam_args(std::int64_t step, const AdamConfig& cfg) {
   const double bc1 = 1.0 - std::pow(cfg.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg.beta2, double(step));
   const double w = 1.0 - cfg.beta1;  // lerp weight
@@ -45,14 +46,48 @@ void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, inde
   a.one_minus_w = T(1.0 - w);
   a.b2 = T(cfg.beta2);
   a.one_minus_b2 = T(1.0 - cfg.beta2);
-  elem::ops<T>().adam(p, grad, m, v, vmax, n, a);
+  return a;
 }
 
-template void sgd_step<float>(float*, const float*, float*, bool, index_t, const SGDConfig&);
-template void sgd_step<double>(double*, const double*, double*, bool, index_t, const SGDConfig&);
+}  // namespace
+
+template <class T>
+int sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg) {
+  return elem::ops<T>().sgd(p, grad, buf, n, sgd_args<T>(has_buf, cfg));
+}
+
+template <class T>
+bool sgd_step_finite(const T* p, const T* grad, const T* buf, bool has_buf, index_t n,
+                     const SGDConfig& cfg) {
+  return elem::ops<T>().sgd_check(p, grad, buf, n, sgd_args<T>(has_buf, cfg));
+}
+
+template <class T>
+void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
+               const AdamConfig& cfg) {
+  elem::ops<T>().adam(p, grad, m, v, vmax, n, adam_args<T>(step, cfg));
+}
+
+template <class T>
+bool adam_step_finite(const T* p, const T* grad, const T* m, const T* v, const T* vmax,
+                      std::int64_t step, index_t n, const AdamConfig& cfg) {
+  return elem::ops<T>().adam_check(p, grad, m, v, vmax, n, adam_args<T>(step, cfg));
+}
+
+template int sgd_step<float>(float*, const float*, float*, bool, index_t, const SGDConfig&);
+template int sgd_step<double>(double*, const double*, double*, bool, index_t, const SGDConfig&);
+template bool sgd_step_finite<float>(const float*, const float*, const float*, bool, index_t,
+                                     const SGDConfig&);
+template bool sgd_step_finite<double>(const double*, const double*, const double*, bool, index_t,
+                                      const SGDConfig&);
 template void adam_step<float>(float*, const float*, float*, float*, float*, std::int64_t, index_t,
                                const AdamConfig&);
 template void adam_step<double>(double*, const double*, double*, double*, double*, std::int64_t,
                                 index_t, const AdamConfig&);
+template bool adam_step_finite<float>(const float*, const float*, const float*, const float*,
+                                      const float*, std::int64_t, index_t, const AdamConfig&);
+template bool adam_step_finite<double>(const double*, const double*, const double*,
+                                       const double*, const double*, std::int64_t, index_t,
+                                       const AdamConfig&);
 
 }  // namespace chainrule

@@ -241,6 +241,75 @@ void test_elementwise_paths(const char* dtype) {
   gemm_set_isa(isas.back());
 }
 
+// The optimizers' dry runs say exactly whether the step leaves every weight and buffer finite,
+// on every ISA path, for steps near the top of the range (some elements overflow, some not),
+// and the SGD step reports the largest exponent among its new weights.
+template <class T>
+void test_update_dry_runs(const char* dtype) {
+  const T big = std::numeric_limits<T>::max() / T(4);
+  auto all_finite_vec = [](const std::vector<T>& v) {
+    for (T x : v)
+      if (!std::isfinite(x)) return false;
+    return true;
+  };
+  int seen[2] = {0, 0};  // dry runs that said "overflows" and "finite"
+  for (const std::string& isa : gemm_supported_isas()) {
+    gemm_set_isa(isa);
+    Rng rng(11);
+    const std::size_t n = 37;
+    for (int trial = 0; trial < 40; ++trial) {
+      auto p = random_vec<T>(rng, n), g = random_vec<T>(rng, n), b0 = random_vec<T>(rng, n);
+      // a few elements near the top, so that some steps overflow and some do not
+      for (std::size_t i = 0; i < n; i += 5) p[i] = p[i] < 0 ? -big : big;
+      if (trial % 7 == 3) g[n / 2] = std::numeric_limits<T>::infinity();
+      if (trial % 7 == 5) g[1] = std::numeric_limits<T>::quiet_NaN();
+      const double lrs[] = {0.1, 1.0, double(big), 3.0 * double(big)};
+      const double lr = lrs[trial % 4];
+      for (int variant = 0; variant < 4; ++variant) {  // plain, decay, momentum, nesterov
+        SGDConfig cfg;
+        cfg.lr = lr;
+        cfg.weight_decay = variant == 1 ? 2.0 : 0.0;
+        cfg.momentum = variant >= 2 ? 0.9 : 0.0;
+        cfg.nesterov = variant == 3;
+        const bool has_buf = variant >= 2 && trial % 2 == 0;
+        const bool ok = sgd_step_finite(p.data(), g.data(), b0.data(), has_buf, index_t(n), cfg);
+        std::vector<T> q = p, b = b0;
+        const int e = sgd_step(q.data(), g.data(), b.data(), has_buf, index_t(n), cfg);
+        const bool finite = all_finite_vec(q) && (variant < 2 || all_finite_vec(b));
+        ++seen[finite];
+        check(ok == finite, std::string("sgd_step_finite is the step's outcome, ") + dtype + " " +
+                                isa + " variant " + std::to_string(variant));
+        int want = 0;
+        for (T x : q) want = std::max(want, std::ilogb(x) == FP_ILOGBNAN || std::isinf(x)
+                                                ? (sizeof(T) == 4 ? 255 : 2047)
+                                                : (x == 0 || !std::isnormal(x) ? 0
+                                                   : std::ilogb(x) + std::numeric_limits<T>::max_exponent - 1));
+        check(e == want, std::string("sgd_step returns the new weights' largest exponent, ") +
+                             dtype + " " + isa);
+      }
+      for (int variant = 0; variant < 2; ++variant) {  // plain, amsgrad + decay
+        AdamConfig cfg;
+        cfg.lr = lr;
+        cfg.amsgrad = variant == 1;
+        cfg.weight_decay = variant == 1 ? 0.5 : 0.0;
+        std::vector<T> m = b0, v(n), vmax(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = vmax[i] = std::fabs(b0[i]);
+        const bool ok = adam_step_finite(p.data(), g.data(), m.data(), v.data(), vmax.data(), 2,
+                                         index_t(n), cfg);
+        std::vector<T> q = p;
+        adam_step(q.data(), g.data(), m.data(), v.data(), vmax.data(), 2, index_t(n), cfg);
+        const bool finite = all_finite_vec(q) && all_finite_vec(m) && all_finite_vec(v);
+        ++seen[finite];
+        check(ok == finite,
+              std::string("adam_step_finite is the step's outcome, ") + dtype + " " + isa);
+      }
+    }
+  }
+  check(seen[0] > 20 && seen[1] > 20,
+        std::string("the dry-run cases include steps that overflow and steps that do not, ") + dtype);
+  gemm_set_isa(gemm_supported_isas().back());
+}
+
 void test_activations() {
   Rng rng(2);
   const index_t R = 5, C = 7;
@@ -621,6 +690,8 @@ int main() {
   test_network_learns_xor_and_reproduces();
   test_fit_leaves_no_tape();
   test_backward_refuses_a_tape_older_than_the_weights();
+  test_update_dry_runs<float>("float32");
+  test_update_dry_runs<double>("float64");
   test_weight_writes_reach_predict();
   test_rng();
   test_buffer_moves();

@@ -760,8 +760,11 @@ class Model:
                 True to stop.
             verbose: 0 silent; 1 a progress bar with the running loss when stderr is a terminal
                 (tqdm if installed), silent otherwise; 2 a line per epoch on stdout.
-            on_nonfinite: on a NaN/inf loss or gradient, "raise" FloatingPointError, "stop"
-                with the last finite weights and a warning, or "ignore".
+            on_nonfinite: on a NaN/inf loss or gradient, or an optimizer step that would make
+                a weight or its optimizer state NaN/inf (a learning rate times a gradient
+                beyond the dtype's range), "raise" FloatingPointError, "stop" with the last
+                finite weights and a warning, or "ignore" (which checks loss and gradients
+                only, and steps on regardless).
             bptt_steps: truncated BPTT: cut each minibatch of sequences into chunks of this many
                 steps, carry the recurrent state (detached) from chunk to chunk, one loss,
                 backward and step per chunk. None: full BPTT.
@@ -892,8 +895,15 @@ class Model:
                         where = (f"epoch {epoch + last + 1}, batch "
                                  f"{int(cols['nonfinite_batch'][last]) + 1}")
                         bad_loss = float(cols["nonfinite_loss"][last])
-                        what = (f"non-finite loss ({bad_loss})" if not np.isfinite(bad_loss) else
-                                f"non-finite gradient (the loss was {bad_loss:.6g})")
+                        if not np.isfinite(bad_loss):
+                            what = f"non-finite loss ({bad_loss})"
+                        elif cols["nonfinite_update"][last]:
+                            what = (f"non-finite update (the loss {bad_loss:.6g} and the gradients "
+                                    "were finite, but the optimizer step would overflow a weight "
+                                    f"or its optimizer state beyond {self.dtype.name}'s range)")
+                        else:
+                            what = f"non-finite gradient (the loss was {bad_loss:.6g})"
+
                         msg = (f"{what} at {where}; the weights are those of the last finite "
                                "step. Lower the learning rate, scale the inputs, or clip the "
                                "gradients (clip_grad_norm=...).")

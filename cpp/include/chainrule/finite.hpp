@@ -9,4 +9,9 @@ namespace chainrule {
 template <class T>
 bool all_finite(const T* x, index_t n);
 
+// The largest biased exponent field among x[0..n) (0 for none; 255 for float, 2047 for double
+// when one is NaN or +-inf), split over the pool likewise: |x_i| < 2^(e - bias + 1).
+template <class T>
+int max_exponent(const T* x, index_t n);
+
 }  // namespace chainrule

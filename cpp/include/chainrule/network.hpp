@@ -46,6 +46,11 @@ struct Param {
   // next forward or predict.
   std::uint64_t version = 0;
   void changed() { ++version; }
+  // The largest biased exponent of value as the optimizer step left it, valid while version is
+  // still value_exp_version: what fit's check needs to rule out an overflowing SGD step without
+  // reading the weights again.
+  int value_exp = 0;
+  std::uint64_t value_exp_version = ~std::uint64_t(0);
   index_t size() const { return value.size(); }
 };
 
@@ -129,8 +134,11 @@ struct EpochStats {
   // classification losses count correct predictions; mse keeps per-output sums for R^2.
   index_t correct = 0, counted = 0;
   std::vector<double> sum_y, sum_yy, sum_sq_err;
-  index_t nonfinite_batch = -1;  // first batch whose loss or gradient was NaN or inf, or -1
+  // First batch whose loss or gradient was NaN or inf, or whose update would have made a weight
+  // or an optimizer buffer so (nonfinite_update; only checked with stop_on_nonfinite), or -1.
+  index_t nonfinite_batch = -1;
   double nonfinite_loss = 0;
+  bool nonfinite_update = false;
   bool stopped = false;      // the epoch stopped at nonfinite_batch without stepping on it
   // With record_step_norms: per recurrent layer index, the per-timestep norms ||dL/dh_t||
   // (num_layers x T, row-major) summed over the epoch's backward passes, and how many were summed.
@@ -267,6 +275,8 @@ class Network {
   double clip_norm_impl(double max_norm, double norm_type, bool error_if_nonfinite);
   void clip_value_impl(double clip_value);
   void gather_grads();  // fills grad_ptrs_ / grad_sizes_ for the clipping kernels
+  bool grads_finite();   // and each gradient's largest exponent into grad_exp_
+  bool update_finite();  // the optimizer step about to run leaves weights and buffers finite
   void clear_initial_states();
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
@@ -291,6 +301,7 @@ class Network {
   Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
   std::vector<std::int64_t> yib_, yic_, perm_;
   std::vector<T*> grad_ptrs_;
+  std::vector<int> grad_exp_;  // per parameter, from grads_finite()
   std::vector<index_t> grad_sizes_;
 
   BpttMemory bptt_memory_ = BpttMemory::all;

@@ -18,8 +18,14 @@ struct SGDConfig {
 // g = ±grad + wd p; with momentum: buf = g on the first step, else buf = mu buf + (1 - damp) g,
 // g = nesterov ? g + mu buf : buf; then p -= lr g. With momentum 0 it is exactly p -= lr grad.
 // buf may be nullptr when momentum == 0; has_buf says whether buf holds a previous step.
+// Returns the largest biased exponent field among the new weights (an upper bound on their
+// magnitude that costs nothing to keep: |p| < 2^(e - bias + 1)).
 template <class T>
-void sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg);
+int sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg);
+// The same update as a dry run: true when it would leave every weight and buffer finite.
+template <class T>
+bool sgd_step_finite(const T* p, const T* grad, const T* buf, bool has_buf, index_t n,
+                     const SGDConfig& cfg);
 
 struct AdamConfig {
   double lr = 1e-3;
@@ -37,5 +43,9 @@ struct AdamConfig {
 template <class T>
 void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
                const AdamConfig& cfg);
+// The same update as a dry run: true when it would leave every weight, m and v finite.
+template <class T>
+bool adam_step_finite(const T* p, const T* grad, const T* m, const T* v, const T* vmax,
+                      std::int64_t step, index_t n, const AdamConfig& cfg);
 
 }  // namespace chainrule
