@@ -944,6 +944,13 @@ class Model:
         if stopper is not None:
             history.stopped_early = stopper.stopped
             history.best_epoch = stopper.best_epoch
+        # Every key this run records, even after no epoch (epochs=0, or a stop in the first
+        # batch): history.loss is [] rather than an AttributeError.
+        keys = ["loss", metric] + (["grad_norm", "grad_norm_max"] if max_norm > 0 else [])
+        if val is not None:
+            keys += ["val_loss", "val_" + metric]
+        for k in keys:
+            history.history.setdefault(k, [])
         return history
 
     @staticmethod
