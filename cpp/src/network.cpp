@@ -434,7 +434,8 @@ bool Network<T>::update_finite() {
         const double lr = std::fabs(double(T(c.lr))), wd = std::fabs(double(T(c.weight_decay)));
         const double W = bound(p->value_exp);
         const double d = bound(grad_exp_[i]) + wd * W;  // > |g + wd w|
-        // Four roundings at most, each below a relative 2^-24: a margin of 2 covers them.
+        // Four roundings at most, each a relative error below T's epsilon: a margin of 2
+        // covers them.
         if (2 * d < top && 2 * (W + lr * d) < top) continue;
       }
       const T* buf = p->buf.size() ? p->buf.data() : nullptr;
