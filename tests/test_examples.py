@@ -187,6 +187,30 @@ def test_house_prices_without_sklearn_falls_back_to_synthetic(
     assert result.metrics["r2"] > 0.5
 
 
+def test_house_prices_download_passes_arguments_scikit_learn_accepts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # scikit-learn validates its arguments before any download: n_retries=0 made every download
+    # fail at once, offline or not, and the demo always fell back to the synthetic data.
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    real = sklearn_datasets.fetch_california_housing
+    constraints = getattr(real, "_skl_parameter_constraints", None)
+    if constraints is None:
+        pytest.skip("this scikit-learn does not declare its parameter constraints")
+    from sklearn.utils._param_validation import validate_parameter_constraints
+    seen: list = []
+
+    def fake_fetch(**kwargs: object) -> None:
+        validate_parameter_constraints(constraints, kwargs, caller_name="fetch_california_housing")
+        seen.append(kwargs)
+        raise OSError("offline")  # a valid call that finds no network
+
+    monkeypatch.setattr(sklearn_datasets, "fetch_california_housing", fake_fetch)
+    buf = io.StringIO()
+    result = demos.house_prices(download_timeout=5.0, quick=True, out=buf)
+    assert [k["download_if_missing"] for k in seen] == [False, True]  # cache, then download
+    assert "synthetic" in result.details["source"] and "offline" in buf.getvalue()
+
+
 def test_house_prices_download_that_hangs_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     release = threading.Event()

@@ -600,10 +600,13 @@ def _fetch_california(timeout: float, allow_download: bool) -> Tuple[Optional[Ho
     def fetch(download: bool) -> None:
         try:
             kwargs: Dict[str, Any] = {"download_if_missing": download}
-            if download:
+            if download:  # one try and one retry (scikit-learn's least), soon after it
                 import inspect
-                if "n_retries" in inspect.signature(fetch_california_housing).parameters:
-                    kwargs["n_retries"] = 0
+                params = inspect.signature(fetch_california_housing).parameters
+                if "n_retries" in params:
+                    kwargs["n_retries"] = 1
+                if "delay" in params:
+                    kwargs["delay"] = 0.1
             box["data"] = fetch_california_housing(**kwargs)
         except Exception as e:  # noqa: BLE001 - offline, HTTP errors, bad cache: all mean "no"
             box["error"] = e
