@@ -259,6 +259,17 @@ def test_repr_shows_sizes():
     assert "ReLU" in text and "MSELoss" in text and "float32" in text
 
 
+def test_repr_shows_the_sizes_a_lazy_model_inferred():
+    model = cr.Model([cr.Dense(16), cr.ReLU(), cr.Dense(16, 2)], seed=1)
+    assert "Dense(in=None, out=16)" in repr(model)  # not built yet
+    model.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=1)
+    assert "Dense(in=3, out=16)" in repr(model) and "None" not in repr(model)
+    assert model.get_config()["layers"][0]["in_features"] == 3
+    rnn = cr.Model([cr.GRU(None, 4), cr.Dense(4, 2)], seed=1)
+    rnn.fit(np.zeros((4, 5, 3)), np.zeros((4, 5, 2)), epochs=1)
+    assert "GRU(input_size=3, hidden_size=4" in repr(rnn)
+
+
 # ---------------------------------------------------------------------------------------------
 # lazy building
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ The fundamentals, one call each::
 """
 from __future__ import annotations
 
+import copy
 import os
 import functools
 import secrets
@@ -310,7 +311,16 @@ class Model:
         return int(sum(np.prod(net.param_shape(n)) for n in net.param_names()))
 
     def __repr__(self) -> str:
-        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self._layers)]
+        lines = []
+        f = self._in_features  # once built, a layer that inferred its input size shows it
+        for i, layer in enumerate(self._layers):
+            shown = layer
+            for attr in ("in_features", "input_size"):
+                if f is not None and hasattr(layer, attr) and getattr(layer, attr) is None:
+                    shown = copy.copy(layer)
+                    setattr(shown, attr, f)
+            lines.append(f"  ({i}): {shown!r}")
+            f = None if f is None else layer.output_features(f)
         return ("Model(\n" + "\n".join(lines) + f"\n  loss={self._loss!r}, "
                 f"optimizer={self._optimizer!r}, dtype={self.dtype.name}\n)")
 
