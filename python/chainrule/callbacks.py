@@ -21,11 +21,15 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stops when the monitored value has not improved by ``min_delta`` for ``patience`` epochs.
+    """Stops when the monitored value has not improved by ``min_delta`` for more than
+    ``patience`` epochs in a row.
 
     Args:
         monitor: a History key; ``"val_loss"`` falls back to ``"loss"`` without validation data.
-        patience: epochs without improvement to wait (≥ 0).
+        patience: epochs without improvement tolerated (≥ 0); the next one stops training, so
+            ``patience=0`` stops at the first epoch that does not improve (scikit-learn's
+            ``n_iter_no_change`` counts the same way; Keras stops one epoch sooner for
+            ``patience ≥ 1``).
         min_delta: the least change that counts as an improvement (≥ 0).
         mode: ``"min"`` or ``"max"``; ``"auto"`` picks max for accuracy and r2, min otherwise.
         restore_best_weights: when training ends, stopped early or with its epochs run out,
