@@ -46,6 +46,13 @@ static_assert(int(Activation::identity) == elem::kIdentity && int(Activation::si
               int(Activation::log_softmax) == elem::kLogSoftmax,
               "Activation and elem::ActCode disagree");
 
+// An Activation cast from an out-of-range integer would select no kernel and leave y unwritten.
+void check_activation(Activation a) {
+  if (int(a) < int(Activation::identity) || int(a) > int(Activation::log_softmax))
+    throw std::invalid_argument("unknown activation code " + std::to_string(int(a)) +
+                                "; expected 0 (identity) .. 6 (log_softmax)");
+}
+
 namespace {
 
 // Large blocks of exp-bound work are split over the thread pool: each task runs the same kernel
@@ -93,6 +100,7 @@ double weighted(index_t n, double cost, bool mapped_output) {
 template <class T>
 void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T slope,
                         bool mapped_output) {
+  check_activation(a);
   const index_t n = checked_mul(R, C);
   const auto fwd = elem::ops<T>().act_forward;
   const double work = weighted(n, cost(a, false), mapped_output);
@@ -109,6 +117,7 @@ void activation_forward(T* y, const T* x, index_t R, index_t C, Activation a, T 
 template <class T>
 void activation_backward(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
                          Activation a, T slope, bool mapped_output) {
+  check_activation(a);
   const index_t n = checked_mul(R, C);
   const auto bwd = elem::ops<T>().act_backward;
   const double work = weighted(n, cost(a, true), mapped_output);
@@ -133,6 +142,7 @@ const elem::ElemOps<double>& portable(double) { return elem::baseline::kernels.f
 
 template <class T>
 void activation_forward_ref(T* y, const T* x, index_t R, index_t C, Activation a, T slope) {
+  check_activation(a);
   const index_t n = checked_mul(R, C);
   const auto& k = portable(T());
   if (a == Activation::softmax || a == Activation::log_softmax) {
@@ -144,6 +154,7 @@ void activation_forward_ref(T* y, const T* x, index_t R, index_t C, Activation a
 template <class T>
 void activation_backward_ref(T* dx, const T* dy, const T* x, const T* y, index_t R, index_t C,
                              Activation a, T slope) {
+  check_activation(a);
   const index_t n = checked_mul(R, C);
   const auto& k = portable(T());
   if (a == Activation::softmax || a == Activation::log_softmax) {

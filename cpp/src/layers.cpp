@@ -84,7 +84,9 @@ class DenseLayer final : public Layer<T> {
 template <class T>
 class ActivationLayer final : public Layer<T> {
  public:
-  explicit ActivationLayer(const LayerSpec& s) : act_(s.activation), slope_(T(s.negative_slope)) {}
+  explicit ActivationLayer(const LayerSpec& s) : act_(s.activation), slope_(T(s.negative_slope)) {
+    check_activation(act_);
+  }
   std::string describe() const override { return activation_name(act_); }
   SampleShape output_shape(const SampleShape& in) const override { return in; }
   void forward(T* y, const T* x, index_t batch, const SampleShape& in,

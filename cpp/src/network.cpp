@@ -146,9 +146,22 @@ const Param<T>& Network<T>::param(const std::string& name) const {
 
 template <class T>
 Param<T>& Network<T>::param(const std::string& name) {
+  ExclusiveUse use(mutex_);  // a write, as the other writers: Busy while another thread trains
   Param<T>& p = const_cast<Param<T>&>(std::as_const(*this).param(name));
   p.changed();
   return p;
+}
+
+template <class T>
+void Network<T>::set_optimizer_steps(std::int64_t s) {
+  ExclusiveUse use(mutex_);
+  steps_ = s;
+}
+
+template <class T>
+Rng& Network<T>::rng() {
+  ExclusiveUse use(mutex_);
+  return rng_;
 }
 
 template <class T>
@@ -604,10 +617,34 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   // outlive, so the tape is dropped on the way out (either way, for one rule: a backward() after
   // fit needs a forward() first).
   const bool borrow = !opt.shuffle && k <= 0;
-  struct DropTape {
+  // On the way out, also put back the initial states the caller set (set_initial_state) for
+  // later forward calls: the epoch starts from zeros and carries its own states (truncated BPTT,
+  // stateful), which must not leak into them.
+  struct Restore {
     Network* net;
-    ~DropTape() { net->tape_batch_ = 0; net->tape_in_ = nullptr; }
-  } drop_tape{this};
+    std::vector<std::pair<std::vector<T>, std::vector<T>>> states;
+    ~Restore() {
+      net->tape_batch_ = 0;
+      net->tape_in_ = nullptr;
+      try {
+        std::size_t i = 0;
+        for (auto& c : net->caches_)
+          if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) {
+            rc->h0.resize(index_t(states[i].first.size()));
+            std::copy(states[i].first.begin(), states[i].first.end(), rc->h0.data());
+            rc->c0.resize(index_t(states[i].second.size()));
+            std::copy(states[i].second.begin(), states[i].second.end(), rc->c0.data());
+            ++i;
+          }
+      } catch (...) {  // out of memory putting them back: zeros rather than carried states
+        net->clear_initial_states();
+      }
+    }
+  } restore{this, {}};
+  for (auto& c : caches_)
+    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get()))
+      restore.states.emplace_back(std::vector<T>(rc->h0.data(), rc->h0.data() + rc->h0.size()),
+                                  std::vector<T>(rc->c0.data(), rc->c0.data() + rc->c0.size()));
   if (!borrow) {
     perm_.resize(std::size_t(n));
     std::iota(perm_.begin(), perm_.end(), std::int64_t(0));

@@ -12,6 +12,7 @@
 #include <chainrule/rng.hpp>
 #include <chainrule/threads.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -529,6 +531,86 @@ void test_backward_refuses_a_tape_older_than_the_weights() {
   check(!throws(), "zeroing the gradients keeps the tape");
 }
 
+void test_fit_keeps_the_callers_initial_states() {
+  LayerSpec r;
+  r.kind = "gru";
+  r.in_features = 2;
+  r.out_features = 3;
+  for (int mode = 0; mode < 2; ++mode) {  // truncated BPTT, then stateful: both carry states
+    Network<float> net({r}, 2, LossConfig{LossKind::mse}, OptimizerConfig{}, 0);
+    Rng rng(9);
+    auto X = random_vec<float>(rng, 4 * 6 * 2), Y = random_vec<float>(rng, 4 * 6 * 3);
+    FitOptions fo;
+    fo.batch_size = 2;
+    fo.shuffle = false;
+    if (mode == 0) fo.bptt_steps = 3; else fo.stateful = true;
+    const std::string what = mode == 0 ? "truncated BPTT" : "stateful";
+    net.fit_epoch(X.data(), Y.data(), nullptr, 4, 6, fo, nullptr);
+    std::vector<float> p(4 * 6 * 3);
+    net.predict(p.data(), X.data(), 4, 6);
+    const float* f = net.forward(X.data(), 4, 6);
+    check(std::equal(p.begin(), p.end(), f), "forward after fit (" + what + ") starts from zeros");
+    bool threw = false;
+    try { net.forward(X.data(), 3, 6); } catch (const std::exception&) { threw = true; }
+    check(!threw, "no carried state of fit's batch size is left for forward (" + what + ")");
+    // a state the caller set for forward survives fit, which starts from zeros regardless
+    std::vector<float> h0(4 * 3, 0.7f);
+    net.set_initial_state(0, h0.data(), 12, nullptr, 0);
+    net.fit_epoch(X.data(), Y.data(), nullptr, 4, 6, fo, nullptr);
+    const float* g = net.forward(X.data(), 4, 6);
+    std::vector<float> kept(g, g + p.size());
+    net.set_initial_state(0, h0.data(), 12, nullptr, 0);
+    g = net.forward(X.data(), 4, 6);
+    check(std::equal(kept.begin(), kept.end(), g), "the caller's h0 survives fit (" + what + ")");
+    net.set_initial_state(0, nullptr, 0, nullptr, 0);
+    g = net.forward(X.data(), 4, 6);
+    check(!std::equal(kept.begin(), kept.end(), g), "and it is not zeros (" + what + ")");
+  }
+}
+
+void test_bad_activation_codes_are_refused() {
+  LayerSpec d, a;
+  d.kind = "dense"; d.in_features = 3; d.out_features = 3;
+  a.kind = "activation"; a.activation = Activation(99);
+  bool threw = false;
+  try { Network<float> net({d, a}, 3, LossConfig{}, OptimizerConfig{}, 0); }
+  catch (const std::invalid_argument&) { threw = true; }
+  check(threw, "a LayerSpec with an unknown activation code is refused");
+  float x[3] = {1, 2, 3}, y[3] = {0, 0, 0};
+  threw = false;
+  try { activation_forward(y, x, 1, 3, Activation(-1), 0.f); }
+  catch (const std::invalid_argument&) { threw = true; }
+  check(threw, "activation_forward refuses an unknown activation code");
+}
+
+void test_param_is_busy_while_another_thread_trains() {
+  std::vector<LayerSpec> layers(1);
+  layers[0].kind = "dense"; layers[0].in_features = 64; layers[0].out_features = 64;
+  Network<float> net(layers, 64, LossConfig{LossKind::mse}, OptimizerConfig{}, 0);
+  Rng rng(2);
+  auto X = random_vec<float>(rng, 4096 * 64), Y = random_vec<float>(rng, 4096 * 64);
+  FitOptions fo;
+  fo.batch_size = 8;
+  std::atomic<bool> training{true};
+  std::thread t([&] {  // either side may find the other holding the network: Busy, try again
+    for (int e = 0; e < 20;) {
+      try {
+        net.fit_epoch(X.data(), Y.data(), nullptr, 4096, 0, fo, nullptr);
+        ++e;
+      } catch (const Busy&) {
+      }
+    }
+    training = false;
+  });
+  int busy = 0;
+  while (training) {
+    try { net.param("0.weight"); } catch (const Busy&) { ++busy; }
+    try { net.set_optimizer_steps(3); } catch (const Busy&) { ++busy; }
+  }
+  t.join();
+  check(busy > 0, "param(name) and set_optimizer_steps throw Busy while fit runs elsewhere");
+}
+
 void test_buffer_moves() {
   Buffer<float> a(100);
   a[99] = 1.f;
@@ -690,6 +772,9 @@ int main() {
   test_network_learns_xor_and_reproduces();
   test_fit_leaves_no_tape();
   test_backward_refuses_a_tape_older_than_the_weights();
+  test_fit_keeps_the_callers_initial_states();
+  test_bad_activation_codes_are_refused();
+  test_param_is_busy_while_another_thread_trains();
   test_update_dry_runs<float>("float32");
   test_update_dry_runs<double>("float64");
   test_weight_writes_reach_predict();

@@ -15,6 +15,8 @@ enum class Activation { identity, sigmoid, tanh, relu, leaky_relu, softmax, log_
 // std::invalid_argument naming the accepted names otherwise.
 Activation activation_from_name(const std::string& name);
 const char* activation_name(Activation a);
+// std::invalid_argument unless a is one of the enumerators (the functions below check it).
+void check_activation(Activation a);
 
 // x (R, C) -> y (R, C). negative_slope is used by leaky_relu only. y may alias x.
 // mapped_output: y is a buffer the caller reuses (a layer's output: the training tape, predict's

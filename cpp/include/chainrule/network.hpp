@@ -184,7 +184,8 @@ class Network {
   std::size_t num_layers() const { return layers_.size(); }
   const std::vector<Param<T>*>& params() const { return params_; }
   // std::out_of_range for unknown names. The handle may be written through: the parameter
-  // counts as changed (Param::changed). The const overload only reads (no change counted).
+  // counts as changed (Param::changed), and like every writer the call throws Busy while another
+  // thread uses the network. The const overload only reads (no change counted).
   Param<T>& param(const std::string& name);
   const Param<T>& param(const std::string& name) const;
   std::string describe_layer(std::size_t i) const { return layers_[i]->describe(); }
@@ -194,8 +195,8 @@ class Network {
   const OptimizerConfig& optimizer() const { return opt_; }
   void set_optimizer(OptimizerConfig opt);  // resets the optimizer state and step count
   std::int64_t optimizer_steps() const { return steps_; }
-  void set_optimizer_steps(std::int64_t s) { steps_ = s; }
-  Rng& rng() { return rng_; }
+  void set_optimizer_steps(std::int64_t s);
+  Rng& rng();  // the generator, to read or set its state (Busy while another thread trains)
   void reset_parameters(std::uint64_t seed);
 
   // ---- the fundamentals, one call each ----
@@ -239,7 +240,8 @@ class Network {
   // Memory mode for BPTT; with budget_bytes > 0, "all" when it fits the budget, else "sqrt".
   void set_bptt_memory(BpttMemory m, std::size_t budget_bytes);
   // Initial states (num_layers, batch, hidden) of a recurrent layer for the next forward calls;
-  // nullptr means zeros. fit starts from zeros whatever was set here.
+  // nullptr means zeros. fit starts from zeros whatever was set here, and leaves what was set
+  // here in place for the forward calls after it.
   void set_initial_state(std::size_t layer, const T* h0, index_t h0_size, const T* c0,
                          index_t c0_size);
   // The cache of a recurrent layer after forward/backward (final states, dh0, step norms,
