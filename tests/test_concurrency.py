@@ -51,6 +51,34 @@ def test_concurrent_predicts_equal_the_serial_result():
         assert np.array_equal(r, serial)
 
 
+def test_saving_and_reading_run_beside_concurrent_predicts():
+    """save, pickle and state_dict only read the model: they run while other threads predict
+    (reading the generator's state once took the model exclusively and raised)."""
+    m = _big_model()
+    X, _ = _data(2000)
+    weights = m.state_dict()
+    stop, errors = threading.Event(), []
+
+    def predict_loop():
+        try:
+            while not stop.is_set():
+                m.predict(X)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=predict_loop)
+    t.start()
+    try:
+        for _ in range(100):
+            loaded = cr.from_bytes(m.to_bytes()).state_dict()
+            assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
+            m.optimizer_state()
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+
+
 def test_two_models_in_two_threads_equal_serial_training():
     X, y = _data(1024)
 

@@ -190,9 +190,9 @@ void bind_one(py::module_& m, const char* name) {
         n.set_loss(LossConfig{loss_from_name(loss), reduction_from_name(reduction)});
       })
       .def("reset_parameters", &Net::reset_parameters)
-      .def("rng_state", [](Net& n) {
+      .def("rng_state", [](const Net& n) {
         std::uint64_t s[4];
-        n.rng().get_state(s);
+        n.rng_state(s);
         return std::vector<std::uint64_t>(s, s + 4);
       })
       .def("set_rng_state", [](Net& n, const std::vector<std::uint64_t>& v) {

@@ -165,6 +165,12 @@ Rng& Network<T>::rng() {
 }
 
 template <class T>
+void Network<T>::rng_state(std::uint64_t out[4]) const {
+  SharedUse use(mutex_);  // a read: beside predict calls, as save() runs
+  rng_.get_state(out);
+}
+
+template <class T>
 void Network<T>::set_loss(LossConfig loss) {
   ExclusiveUse use(mutex_);
   loss_ = loss;

@@ -196,7 +196,8 @@ class Network {
   void set_optimizer(OptimizerConfig opt);  // resets the optimizer state and step count
   std::int64_t optimizer_steps() const { return steps_; }
   void set_optimizer_steps(std::int64_t s);
-  Rng& rng();  // the generator, to read or set its state (Busy while another thread trains)
+  Rng& rng();  // the generator, to set its state (Busy while another thread uses the network)
+  void rng_state(std::uint64_t out[4]) const;  // reads it (Busy only while one trains)
   void reset_parameters(std::uint64_t seed);
 
   // ---- the fundamentals, one call each ----
