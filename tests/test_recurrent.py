@@ -417,6 +417,9 @@ def test_stateful_needs_equal_batches(lstm_model):
         lstm_model.fit(X, Y, batch_size=3, shuffle=False, stateful=True, validation_split=0.2)
     assert all((lstm_model.state_dict()[k] == before[k]).all() for k in before)
     lstm_model.fit(X[:4], Y[:4], batch_size=2, shuffle=False, stateful=True)
+    # one batch of everything left after the validation split: nothing to misalign
+    lstm_model.fit(X, Y, batch_size=None, stateful=True, validation_split=0.2)
+    lstm_model.fit(X, Y, batch_size=5, stateful=True, validation_split=0.2)
 
 
 def test_torch_tensors_that_require_grad_are_read_as_values(lstm_model):

@@ -549,6 +549,28 @@ def test_an_overflowing_step_from_finite_gradients_never_reaches_the_weights(mak
     assert not all(np.isfinite(v).all() for v in model.state_dict().values())
 
 
+@pytest.mark.parametrize("make", [
+    lambda: cr.SGD(lr=1e3), lambda: cr.SGD(lr=1e3, weight_decay=1e-4),
+    lambda: cr.SGD(lr=1e3, momentum=0.9), lambda: cr.SGD(lr=1e3, momentum=0.9, nesterov=True),
+    lambda: cr.Adam(lr=1e3), lambda: cr.Adam(lr=1e3, amsgrad=True)])
+def test_an_overflowing_step_after_steps_whose_exponents_are_known(make):
+    """The check's bounds (the exponents the previous step wrote) must not pass an overflowing
+    step: batch 1 steps normally, batch 2 has float32 gradients of ~1e36 (lr x g, or Adam's g^2,
+    overflows) from a finite loss."""
+    X = np.zeros((8, 3), np.float32)
+    X[4:] = 1e18  # batch 2: prediction 3e18, dL/dW = 6e36; lr x 6e36 and (6e36)^2 overflow
+    y = np.zeros((8, 1), np.float32)
+    start = {"0.weight": np.ones((1, 3), np.float32), "0.bias": np.zeros(1, np.float32)}
+    model = cr.Model([cr.Dense(3, 1)], optimizer=make(), seed=0)
+    after_one = cr.Model([cr.Dense(3, 1)], optimizer=make(), seed=0)
+    model.load_state_dict(start)
+    after_one.load_state_dict(start)
+    after_one.fit(X[:4], y[:4], epochs=1, batch_size=4, shuffle=False)
+    with pytest.raises(FloatingPointError, match=r"non-finite update.*epoch 1, batch 2"):
+        model.fit(X, y, epochs=1, batch_size=4, shuffle=False)
+    assert_same_weights(model, after_one)
+
+
 def test_a_step_that_stays_finite_near_the_top_of_the_range_is_taken():
     # float32: w = 1e38, y = 2e38, gradient 2 (w - y) = -2e38; w - 0.5 g = 2e38 is finite, though
     # close enough to the top that only the dry run can tell

@@ -174,9 +174,10 @@ void bind_one(py::module_& m, const char* name) {
         // gradients and optimizer buffers are not.
         Param<T>& p = const_cast<Param<T>&>(std::as_const(n).param(name));
         Buffer<T>* b = param_buffer(p, which);
-        if (which == "value") p.changed();
         if (a.size() != p.size())
           throw std::invalid_argument("size mismatch for " + name + ": got " + shape_str(a));
+        if (which == "value") p.changed();
+        else if (which != "grad") p.exps_version = ~std::uint64_t(0);  // buffers now unknown
         if (b->size() != p.size()) b->resize(p.size());  // an optimizer buffer not yet in use
         std::memcpy(b->data(), a.data(), b->bytes());
       }, py::arg("name"), py::arg("which"), py::arg("array").noconvert())

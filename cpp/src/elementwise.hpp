@@ -45,12 +45,13 @@ struct ElemOps {
   double (*cross_entropy_prob)(T* grad, const T* x, const T* t, idx R, idx C, T scale);
   double (*cross_entropy_index)(T* grad, const T* x, const std::int64_t* t, idx R, idx C,
                                 T scale);
-  // Optimizer updates of one tensor of n elements, in place; sgd returns the largest biased
-  // exponent among the new weights. The _check forms are dry runs: true when the update would
-  // leave every weight and optimizer buffer finite; they write nothing.
-  int (*sgd)(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a);
+  // Optimizer updates of one tensor of n elements, in place; each fills ex with the largest
+  // biased exponent of what it wrote: ex[0] the weights, ex[1..3] the buffers (SGD: momentum;
+  // Adam: m, v, vmax), 0 for a buffer it did not write. The _check forms are dry runs: true
+  // when the update would leave every weight and optimizer buffer finite; they write nothing.
+  void (*sgd)(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a, int* ex);
   bool (*sgd_check)(const T* p, const T* grad, const T* buf, idx n, const SgdArgs<T>& a);
-  void (*adam)(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a);
+  void (*adam)(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a, int* ex);
   bool (*adam_check)(const T* p, const T* grad, const T* m, const T* v, const T* vmax, idx n,
                      const AdamArgs<T>& a);
   // Clipping: sum of g^2 in double; max |g| in double (the first NaN if there is one); g *= coef;

@@ -417,22 +417,26 @@ inline T sgd_elem(T p, T grad, T buf, T& b, const SgdArgs<T>& a) {
   return p - a.lr * g;                                           // p.add_(d_p, alpha=-lr)
 }
 
-// The step; returns the largest biased exponent of the new weights (see Network::step_impl).
+// The step; ex gets the largest biased exponents of the new weights and momentum buffer (see
+// Network::update_finite).
 template <class T, bool kDecay, bool kMomentum, bool kHasBuf, bool kNesterov>
 struct SgdStep {
-  static int run(T* __restrict p, const T* __restrict grad, T* __restrict buf, idx n,
-                 const SgdArgs<T>& args) {
+  static void run(T* __restrict p, const T* __restrict grad, T* __restrict buf, idx n, int* ex,
+                  const SgdArgs<T>& args) {
     const SgdArgs<T> a = args;  // a local copy: the stores below cannot alias it
-    typename Bits<sizeof(T)>::U ex = 0;
+    typename Bits<sizeof(T)>::U ep = 0, eb = 0;
     for (idx i = 0; i < n; ++i) {
       T b = T(0);
       const T pn = sgd_elem<T, kDecay, kMomentum, kHasBuf, kNesterov>(
           p[i], grad[i], kMomentum && kHasBuf ? buf[i] : T(0), b, a);
       if (kMomentum) buf[i] = b;
       p[i] = pn;
-      ex = max_(ex, exponent_field(pn));
+      ep = max_(ep, exponent_field(pn));
+      if (kMomentum) eb = max_(eb, exponent_field(b));
     }
-    return int(ex >> ExpBits<T>::kShift);
+    ex[0] = int(ep >> ExpBits<T>::kShift);
+    ex[1] = int(eb >> ExpBits<T>::kShift);
+    ex[2] = ex[3] = 0;
   }
 };
 
@@ -474,8 +478,8 @@ auto sgd_variant(const SgdArgs<T>& a, A... args) {
 }
 
 template <class T>
-int sgd(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a) {
-  return sgd_variant<SgdStep>(a, p, grad, buf, n);
+void sgd(T* p, const T* grad, T* buf, idx n, const SgdArgs<T>& a, int* ex) {
+  sgd_variant<SgdStep>(a, p, grad, buf, n, ex);
 }
 
 template <class T>
@@ -500,16 +504,26 @@ inline T adam_elem(T p, T grad, T& m, T& v, T& vmax, const AdamArgs<T>& a) {
 
 template <class T, bool kAmsgrad, bool kLerpLow>
 void adam_loop(T* __restrict p, const T* __restrict grad, T* __restrict m, T* __restrict v,
-               T* __restrict vmax, idx n, const AdamArgs<T>& args) {
+               T* __restrict vmax, idx n, const AdamArgs<T>& args, int* ex) {
   AdamArgs<T> a = args;
   if (!a.decay) a.wd = T(0);
+  typename Bits<sizeof(T)>::U ep = 0, em = 0, ev = 0, evm = 0;
   for (idx i = 0; i < n; ++i) {
     T mi = m[i], vi = v[i], vm = kAmsgrad ? vmax[i] : T(0);
-    p[i] = adam_elem<T, kAmsgrad, kLerpLow>(p[i], grad[i], mi, vi, vm, a);
+    const T pn = adam_elem<T, kAmsgrad, kLerpLow>(p[i], grad[i], mi, vi, vm, a);
+    p[i] = pn;
     m[i] = mi;
     v[i] = vi;
     if (kAmsgrad) vmax[i] = vm;
+    ep = max_(ep, exponent_field(pn));
+    em = max_(em, exponent_field(mi));
+    ev = max_(ev, exponent_field(vi));
+    if (kAmsgrad) evm = max_(evm, exponent_field(vm));
   }
+  ex[0] = int(ep >> ExpBits<T>::kShift);
+  ex[1] = int(em >> ExpBits<T>::kShift);
+  ex[2] = int(ev >> ExpBits<T>::kShift);
+  ex[3] = int(evm >> ExpBits<T>::kShift);
 }
 
 template <class T, bool kAmsgrad, bool kLerpLow>
@@ -529,13 +543,13 @@ bool adam_check_loop(const T* __restrict p, const T* __restrict grad, const T* _
 }
 
 template <class T>
-void adam(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a) {
+void adam(T* p, const T* grad, T* m, T* v, T* vmax, idx n, const AdamArgs<T>& a, int* ex) {
   if (a.amsgrad) {
-    if (a.lerp_low) adam_loop<T, true, true>(p, grad, m, v, vmax, n, a);
-    else adam_loop<T, true, false>(p, grad, m, v, vmax, n, a);
+    if (a.lerp_low) adam_loop<T, true, true>(p, grad, m, v, vmax, n, a, ex);
+    else adam_loop<T, true, false>(p, grad, m, v, vmax, n, a, ex);
   } else {
-    if (a.lerp_low) adam_loop<T, false, true>(p, grad, m, v, vmax, n, a);
-    else adam_loop<T, false, false>(p, grad, m, v, vmax, n, a);
+    if (a.lerp_low) adam_loop<T, false, true>(p, grad, m, v, vmax, n, a, ex);
+    else adam_loop<T, false, false>(p, grad, m, v, vmax, n, a, ex);
   }
 }
 

@@ -99,6 +99,27 @@ void for_slices(index_t n, const F& f) {
 template <class T>
 constexpr int kExpAllOnes = sizeof(T) == 4 ? 255 : 2047;
 
+// a = max(a, v), from any thread.
+void raise_to(std::atomic<int>& a, int v) {
+  int cur = a.load(std::memory_order_relaxed);
+  while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+// Runs a step over slices of a parameter; its largest exponents (StepExponents) go to p->exps.
+template <class T, class Step>
+void step_slices(Param<T>* p, const Step& step) {
+  std::atomic<int> ex[4] = {{0}, {0}, {0}, {0}};
+  for_slices(p->size(), [&](index_t lo, index_t hi) {
+    const StepExponents e = step(lo, hi);
+    raise_to(ex[0], e.value);
+    for (int k = 0; k < 3; ++k) raise_to(ex[k + 1], e.state[k]);
+  });
+  p->exps.value = ex[0].load();
+  for (int k = 0; k < 3; ++k) p->exps.state[k] = ex[k + 1].load();
+  p->exps_version = p->version;
+}
+
 template <class T>
 void zero_param_grad(Param<T>* p) {
   T* g = p->grad.data();
@@ -193,6 +214,7 @@ void Network<T>::set_optimizer_impl(OptimizerConfig opt) {
     p->buf2.resize(adam ? p->size() : 0);
     p->buf3.resize(adam && opt.adam.amsgrad ? p->size() : 0);
     p->has_buf = false;
+    p->exps_version = ~std::uint64_t(0);  // the buffers' exponents are unknown until a step
   }
 }
 
@@ -374,21 +396,15 @@ void Network<T>::step_impl() {
     if (opt_.kind == OptimizerConfig::Kind::sgd) {
       T* buf = p->buf.size() ? p->buf.data() : nullptr;
       const bool has_buf = p->has_buf;
-      std::atomic<int> exp{0};
-      for_slices(p->size(), [&](index_t lo, index_t hi) {
-        const int e = sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
-        int cur = exp.load(std::memory_order_relaxed);
-        while (e > cur && !exp.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
-        }
+      step_slices(p, [&](index_t lo, index_t hi) {
+        return sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
       });
       p->has_buf = opt_.sgd.momentum != 0;
-      p->value_exp = exp.load(std::memory_order_relaxed);
-      p->value_exp_version = p->version;
     } else {
       T *m = p->buf.data(), *v = p->buf2.data(), *vmax = p->buf3.size() ? p->buf3.data() : nullptr;
-      for_slices(p->size(), [&](index_t lo, index_t hi) {
-        adam_step(w + lo, g + lo, m + lo, v + lo, vmax ? vmax + lo : nullptr, steps_, hi - lo,
-                  opt_.adam);
+      step_slices(p, [&](index_t lo, index_t hi) {
+        return adam_step(w + lo, g + lo, m + lo, v + lo, vmax ? vmax + lo : nullptr, steps_,
+                         hi - lo, opt_.adam);
       });
     }
   }
@@ -432,51 +448,72 @@ bool Network<T>::grads_finite() {
 }
 
 // Would the step about to run leave every weight and optimizer buffer finite? The loss and the
-// gradients are finite by now, yet lr times a gradient (or Adam's second moment g^2) can still
-// overflow. For plain SGD a bound usually settles it with what is known: |g| < 2^(eg - bias + 1)
-// from grads_finite (clipping only shrinks it) and |w| < 2^(ew - bias + 1) from the step that
-// wrote w, so |w - lr (g + wd w)| stays far below the largest T unless both are near it. Every
-// other case, and a bound that does not settle it, runs the update as a dry run that writes
-// nothing: the same arithmetic as the step, so exactly its outcome.
+// gradients are finite by now, yet lr times a gradient (or Adam's g^2, or m / eps) can still
+// overflow. Bounds usually settle it from what is already known: |g| < 2^(eg - bias + 1) from
+// grads_finite (clipping only shrinks it), and the weights' and buffers' exponents that the last
+// step wrote (Param::exps), so the check reads nothing again. Far from the top of the range
+// (any sane training) the bounds pass; otherwise, or when a write since the last step left the
+// exponents unknown, the update runs as a dry run that writes nothing: the same arithmetic as
+// the step, so exactly its outcome.
 template <class T>
-bool Network<T>::update_finite() {
-  const double top = double(std::numeric_limits<T>::max());
+bool Network<T>::update_bounded(std::size_t i) const {
+  const Param<T>* p = params_[i];
+  if (p->exps_version != p->version) return false;
+  const double top = double(std::numeric_limits<T>::max()) / 2;  // margin for the roundings
   const int bias = std::numeric_limits<T>::max_exponent - 1;
   auto bound = [&](int e) { return std::ldexp(1.0, std::max(e, 1) - bias + 1); };
+  auto as_t = [](double x) { return std::fabs(double(T(x))); };  // as the kernels apply it
+  const double W = bound(p->exps.value);
+  if (opt_.kind == OptimizerConfig::Kind::sgd) {
+    const SGDConfig& c = opt_.sgd;
+    const double d = bound(grad_exp_[i]) + as_t(c.weight_decay) * W;  // > |g + wd w|
+    double step = d;
+    if (c.momentum != 0) {
+      const double mu = as_t(c.momentum);
+      const double b = (p->has_buf ? mu * bound(p->exps.state[0]) + as_t(1.0 - c.dampening) * d
+                                   : d);  // > |new momentum buffer|
+      if (!(b < top)) return false;
+      step = c.nesterov ? d + mu * b : b;
+    }
+    return d < top && W + as_t(c.lr) * step < top;
+  }
+  const AdamConfig& c = opt_.adam;
+  const double eps = as_t(c.eps);
+  if (!(eps > 0)) return false;  // 0 / 0 is possible: let the dry run decide
+  const double d = bound(grad_exp_[i]) + as_t(c.weight_decay) * W;  // > |g + wd w|
+  const double m = d + bound(p->exps.state[0]);                       // > |g - m|, |new m|
+  const double v = bound(p->exps.state[1]) + d * d;                    // > |new v|
+  const double bc1 = 1.0 - std::pow(c.beta1, double(steps_ + 1));
+  const double step_size = as_t(c.lr / bc1);
+  return d * d < top && m < top && v < top && m / eps < top && W + step_size * (m / eps) < top;
+}
+
+template <class T>
+bool Network<T>::update_finite() {
   for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (update_bounded(i)) continue;
     const Param<T>* p = params_[i];
     const T *w = p->value.data(), *g = p->grad.data();
+    std::atomic<bool> ok{true};
     if (opt_.kind == OptimizerConfig::Kind::sgd) {
-      const SGDConfig& c = opt_.sgd;
-      if (c.momentum == 0 && p->value_exp_version == p->version) {
-        // lr and wd as the kernel applies them: rounded to T (1e39 is inf in float)
-        const double lr = std::fabs(double(T(c.lr))), wd = std::fabs(double(T(c.weight_decay)));
-        const double W = bound(p->value_exp);
-        const double d = bound(grad_exp_[i]) + wd * W;  // > |g + wd w|
-        // Four roundings at most, each a relative error below T's epsilon: a margin of 2
-        // covers them.
-        if (2 * d < top && 2 * (W + lr * d) < top) continue;
-      }
       const T* buf = p->buf.size() ? p->buf.data() : nullptr;
-      std::atomic<bool> ok{true};
       for_slices(p->size(), [&](index_t lo, index_t hi) {
         if (ok.load(std::memory_order_relaxed) &&
-            !sgd_step_finite(w + lo, g + lo, buf ? buf + lo : nullptr, p->has_buf, hi - lo, c))
+            !sgd_step_finite(w + lo, g + lo, buf ? buf + lo : nullptr, p->has_buf, hi - lo,
+                             opt_.sgd))
           ok.store(false, std::memory_order_relaxed);
       });
-      if (!ok.load()) return false;
     } else {
       const T *m = p->buf.data(), *v = p->buf2.data();
       const T* vmax = p->buf3.size() ? p->buf3.data() : nullptr;
-      std::atomic<bool> ok{true};
       for_slices(p->size(), [&](index_t lo, index_t hi) {
         if (ok.load(std::memory_order_relaxed) &&
             !adam_step_finite(w + lo, g + lo, m + lo, v + lo, vmax ? vmax + lo : nullptr,
                               steps_ + 1, hi - lo, opt_.adam))
           ok.store(false, std::memory_order_relaxed);
       });
-      if (!ok.load()) return false;
     }
+    if (!ok.load()) return false;
   }
   return true;
 }
@@ -635,7 +672,7 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       try {
         std::size_t i = 0;
         for (auto& c : net->caches_)
-          if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) {
+          if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get()); rc && i < states.size()) {
             rc->h0.resize(index_t(states[i].first.size()));
             std::copy(states[i].first.begin(), states[i].first.end(), rc->h0.data());
             rc->c0.resize(index_t(states[i].second.size()));

@@ -51,9 +51,21 @@ elem::AdamArgs<T> adam_args(std::int64_t step, const AdamConfig& cfg) {
 
 }  // namespace
 
+namespace {
+StepExponents exponents(const int ex[4]) {
+  StepExponents e;
+  e.value = ex[0];
+  for (int i = 0; i < 3; ++i) e.state[i] = ex[i + 1];
+  return e;
+}
+}  // namespace
+
 template <class T>
-int sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg) {
-  return elem::ops<T>().sgd(p, grad, buf, n, sgd_args<T>(has_buf, cfg));
+StepExponents sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n,
+                       const SGDConfig& cfg) {
+  int ex[4];
+  elem::ops<T>().sgd(p, grad, buf, n, sgd_args<T>(has_buf, cfg), ex);
+  return exponents(ex);
 }
 
 template <class T>
@@ -63,9 +75,11 @@ bool sgd_step_finite(const T* p, const T* grad, const T* buf, bool has_buf, inde
 }
 
 template <class T>
-void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
-               const AdamConfig& cfg) {
-  elem::ops<T>().adam(p, grad, m, v, vmax, n, adam_args<T>(step, cfg));
+StepExponents adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
+                        const AdamConfig& cfg) {
+  int ex[4];
+  elem::ops<T>().adam(p, grad, m, v, vmax, n, adam_args<T>(step, cfg), ex);
+  return exponents(ex);
 }
 
 template <class T>
@@ -74,16 +88,18 @@ bool adam_step_finite(const T* p, const T* grad, const T* m, const T* v, const T
   return elem::ops<T>().adam_check(p, grad, m, v, vmax, n, adam_args<T>(step, cfg));
 }
 
-template int sgd_step<float>(float*, const float*, float*, bool, index_t, const SGDConfig&);
-template int sgd_step<double>(double*, const double*, double*, bool, index_t, const SGDConfig&);
+template StepExponents sgd_step<float>(float*, const float*, float*, bool, index_t,
+                                       const SGDConfig&);
+template StepExponents sgd_step<double>(double*, const double*, double*, bool, index_t,
+                                        const SGDConfig&);
 template bool sgd_step_finite<float>(const float*, const float*, const float*, bool, index_t,
                                      const SGDConfig&);
 template bool sgd_step_finite<double>(const double*, const double*, const double*, bool, index_t,
                                       const SGDConfig&);
-template void adam_step<float>(float*, const float*, float*, float*, float*, std::int64_t, index_t,
-                               const AdamConfig&);
-template void adam_step<double>(double*, const double*, double*, double*, double*, std::int64_t,
-                                index_t, const AdamConfig&);
+template StepExponents adam_step<float>(float*, const float*, float*, float*, float*, std::int64_t,
+                                        index_t, const AdamConfig&);
+template StepExponents adam_step<double>(double*, const double*, double*, double*, double*,
+                                         std::int64_t, index_t, const AdamConfig&);
 template bool adam_step_finite<float>(const float*, const float*, const float*, const float*,
                                       const float*, std::int64_t, index_t, const AdamConfig&);
 template bool adam_step_finite<double>(const double*, const double*, const double*,

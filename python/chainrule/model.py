@@ -494,7 +494,9 @@ class Model:
             The loss (with y), or None (with grad_output).
 
         Raises:
-            RuntimeError: no forward() ran before. ValueError: targets that do not fit.
+            RuntimeError: no forward() ran before, or the weights changed since it (a step(),
+                load_state_dict() or another write: its tape belongs to the old weights).
+            ValueError: targets that do not fit.
         """
         if (y is None) == (grad_output is None):
             raise TypeError("backward takes exactly one of y (targets) or grad_output "
@@ -836,6 +838,7 @@ class Model:
             yf = None if yf is None else yf[:cut]
             yi = None if yi is None else yi[:cut]
 
+        batch = min(batch, len(x))  # after the validation split: the rows left to train on
         if stateful and len(x) % batch:
             raise ValueError(
                 f"stateful=True continues sample i of a batch in row i of the next, so every batch "
@@ -1103,10 +1106,15 @@ class Model:
         net = self._require_net()
         names = _STATE_NAMES[self._optimizer.kind]
         step = state.get("step", 0)
-        if (isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer))
-                or not 0 <= int(step) < 2**63):
+        try:  # an int, or a whole number of another type (5.0, numpy or torch scalars)
+            count = (None if isinstance(step, (bool, np.bool_, str, bytes)) else
+                     int(step) if float(step) == int(step) else None)
+        except (TypeError, ValueError, OverflowError):
+            count = None
+        if count is None or not 0 <= count < 2**63:
             raise ValueError(f"optimizer state step must be an integer in [0, 2**63), got "
                              f"{step!r}")
+        step = count
         staged = []
         for n, bufs in state.get("params", {}).items():
             if n not in net.param_names():

@@ -46,11 +46,12 @@ struct Param {
   // next forward or predict.
   std::uint64_t version = 0;
   void changed() { ++version; }
-  // The largest biased exponent of value as the optimizer step left it, valid while version is
-  // still value_exp_version: what fit's check needs to rule out an overflowing SGD step without
-  // reading the weights again.
-  int value_exp = 0;
-  std::uint64_t value_exp_version = ~std::uint64_t(0);
+  // The largest exponents of value and of the optimizer buffers as the last optimizer step left
+  // them, valid while version is still exps_version: what fit's check needs to rule out an
+  // overflowing step without reading them again. Code that writes an optimizer buffer (buf,
+  // buf2, buf3) directly calls changed() too, or sets exps_version to ~0.
+  StepExponents exps;
+  std::uint64_t exps_version = ~std::uint64_t(0);
   index_t size() const { return value.size(); }
 };
 
@@ -280,6 +281,7 @@ class Network {
   void gather_grads();  // fills grad_ptrs_ / grad_sizes_ for the clipping kernels
   bool grads_finite();   // and each gradient's largest exponent into grad_exp_
   bool update_finite();  // the optimizer step about to run leaves weights and buffers finite
+  bool update_bounded(std::size_t i) const;  // ... for parameter i, by bounds alone
   void clear_initial_states();
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;

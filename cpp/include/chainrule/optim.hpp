@@ -6,6 +6,15 @@
 
 namespace chainrule {
 
+// What a step wrote, as the largest biased exponent field of each array (255 or 2047 when one
+// element is NaN or inf, 0 for zeros or an array not written): an upper bound on magnitudes,
+// |x| < 2^(e - bias + 1), that the step computes for free as it writes. value: the weights;
+// state: SGD's momentum buffer in state[0]; Adam's exp_avg, exp_avg_sq, max_exp_avg_sq.
+struct StepExponents {
+  int value = 0;
+  int state[3] = {0, 0, 0};
+};
+
 struct SGDConfig {
   double lr = 0.01;
   double momentum = 0.0;
@@ -18,10 +27,10 @@ struct SGDConfig {
 // g = ±grad + wd p; with momentum: buf = g on the first step, else buf = mu buf + (1 - damp) g,
 // g = nesterov ? g + mu buf : buf; then p -= lr g. With momentum 0 it is exactly p -= lr grad.
 // buf may be nullptr when momentum == 0; has_buf says whether buf holds a previous step.
-// Returns the largest biased exponent field among the new weights (an upper bound on their
-// magnitude that costs nothing to keep: |p| < 2^(e - bias + 1)).
+// Returns the largest biased exponent fields of what it wrote (see StepExponents).
 template <class T>
-int sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n, const SGDConfig& cfg);
+StepExponents sgd_step(T* p, const T* grad, T* buf, bool has_buf, index_t n,
+                       const SGDConfig& cfg);
 // The same update as a dry run: true when it would leave every weight and buffer finite.
 template <class T>
 bool sgd_step_finite(const T* p, const T* grad, const T* buf, bool has_buf, index_t n,
@@ -41,8 +50,8 @@ struct AdamConfig {
 // g = ±grad + wd p; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
 // p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)   (vmax in place of v with amsgrad)
 template <class T>
-void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
-               const AdamConfig& cfg);
+StepExponents adam_step(T* p, const T* grad, T* m, T* v, T* vmax, std::int64_t step, index_t n,
+                        const AdamConfig& cfg);
 // The same update as a dry run: true when it would leave every weight, m and v finite.
 template <class T>
 bool adam_step_finite(const T* p, const T* grad, const T* m, const T* v, const T* vmax,
