@@ -49,10 +49,7 @@ int max_exponent(const T* x, index_t n) {
   if (n < (1 << 20)) return ops.max_exponent(x, n);  // as all_finite
   std::atomic<int> mx{0};
   parallel_ranges(n, 16, n / 524288, [&](std::int64_t lo, std::int64_t hi) {
-    const int e = ops.max_exponent(x + lo, hi - lo);
-    int cur = mx.load(std::memory_order_relaxed);
-    while (e > cur && !mx.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
-    }
+    atomic_max(mx, ops.max_exponent(x + lo, hi - lo));
   });
   return mx.load(std::memory_order_relaxed);
 }

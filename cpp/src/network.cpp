@@ -99,21 +99,14 @@ void for_slices(index_t n, const F& f) {
 template <class T>
 constexpr int kExpAllOnes = sizeof(T) == 4 ? 255 : 2047;
 
-// a = max(a, v), from any thread.
-void raise_to(std::atomic<int>& a, int v) {
-  int cur = a.load(std::memory_order_relaxed);
-  while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
-  }
-}
-
 // Runs a step over slices of a parameter; its largest exponents (StepExponents) go to p->exps.
 template <class T, class Step>
 void step_slices(Param<T>* p, const Step& step) {
   std::atomic<int> ex[4] = {{0}, {0}, {0}, {0}};
   for_slices(p->size(), [&](index_t lo, index_t hi) {
     const StepExponents e = step(lo, hi);
-    raise_to(ex[0], e.value);
-    for (int k = 0; k < 3; ++k) raise_to(ex[k + 1], e.state[k]);
+    atomic_max(ex[0], e.value);
+    for (int k = 0; k < 3; ++k) atomic_max(ex[k + 1], e.state[k]);
   });
   p->exps.value = ex[0].load();
   for (int k = 0; k < 3; ++k) p->exps.state[k] = ex[k + 1].load();

@@ -49,15 +49,13 @@ elem::AdamArgs<T> adam_args(std::int64_t step, const AdamConfig& cfg) {
   return a;
 }
 
-}  // namespace
-
-namespace {
 StepExponents exponents(const int ex[4]) {
   StepExponents e;
   e.value = ex[0];
   for (int i = 0; i < 3; ++i) e.state[i] = ex[i + 1];
   return e;
 }
+
 }  // namespace
 
 template <class T>

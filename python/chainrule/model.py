@@ -441,8 +441,9 @@ class Model:
             raise ValueError(f"y has shape {a.shape}, but the model's output for this X has shape "
                              f"{out_shape}; they must match for the {self._loss.name!r} loss.")
         yf = np.ascontiguousarray(a, dtype=self.dtype)  # from int64: finite (|y| < 2^63)
-        if self._loss.name == "bce" and yf.size and not (yf.min() >= 0 and yf.max() <= 1):
-            bad = yf.min() if yf.min() < 0 else yf.max()
+        lo, hi = (yf.min(), yf.max()) if self._loss.name == "bce" and yf.size else (0, 1)
+        if not (lo >= 0 and hi <= 1):
+            bad = lo if lo < 0 else hi
             raise ValueError(f"y contains {bad}, but the 'bce' loss expects targets in [0, 1] "
                              "(probabilities or 0/1 labels).")
         return yf, None

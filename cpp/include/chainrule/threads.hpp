@@ -11,10 +11,18 @@
 // tasks run by one pool job, with no hand-off between phases.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
 namespace chainrule {
+
+// a = max(a, v) from any thread: how tasks combine their maxima (exact in any order).
+inline void atomic_max(std::atomic<int>& a, int v) {
+  int cur = a.load(std::memory_order_relaxed);
+  while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
 
 // Threads the core may use, the caller included (>= 1). Default: the CHAINRULE_NUM_THREADS
 // environment variable, else the hardware's concurrency.
