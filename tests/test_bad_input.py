@@ -456,6 +456,24 @@ def test_bad_clip_arguments(model):
         model.clip_grad_value(-1.0)
 
 
+@pytest.mark.parametrize("make,name", [
+    (lambda v: cr.SGD(lr=0.1, momentum=0.9, nesterov=v), "nesterov"),
+    (lambda v: cr.SGD(maximize=v), "maximize"),
+    (lambda v: cr.Adam(amsgrad=v), "amsgrad"),
+    (lambda v: cr.Adam(maximize=v), "maximize"),
+    (lambda v: cr.EarlyStopping(restore_best_weights=v), "restore_best_weights"),
+    (lambda v: cr.Model([cr.Dense(2, 1)], seed=0).clip_grad_norm(1.0, error_if_nonfinite=v),
+     "error_if_nonfinite"),
+])
+def test_flags_are_bools_not_truth_values(make, name):
+    # "no" would read as True, as would 1: refused, as scikit-learn's boolean parameters are
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match=f"{name} must be a bool .*got {type(bad).__name__}"):
+            make(bad)
+    make(np.True_)
+    make(False)
+
+
 def test_early_stopping_argument_types():
     with pytest.raises(ValueError, match="mode must be"):
         cr.EarlyStopping(mode="largest")

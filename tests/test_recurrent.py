@@ -422,6 +422,69 @@ def test_stateful_needs_equal_batches(lstm_model):
     lstm_model.fit(X, Y, batch_size=5, stateful=True, validation_split=0.2)
 
 
+def test_stateful_with_several_batches_needs_shuffle_off(lstm_model):
+    # shuffled rows would carry each state into an unrelated sequence: refused, not trained
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((4, 4, 3)), rng.standard_normal((4, 4, 1))
+    before = lstm_model.state_dict()
+    with pytest.raises(ValueError, match="stateful=True.*4 training samples in batches of 2"
+                                         ".*shuffle=False"):
+        lstm_model.fit(X, Y, batch_size=2, stateful=True)
+    assert all((lstm_model.state_dict()[k] == before[k]).all() for k in before)
+    lstm_model.fit(X, Y, batch_size=4, stateful=True)  # one batch an epoch: nothing carried
+
+
+@pytest.mark.parametrize("kw", [{"stateful": "no"}, {"stateful": 1}, {"shuffle": None},
+                                {"shuffle": "False"}, {"record_grad_norms": 0}])
+def test_fit_flags_must_be_bools(lstm_model, kw):
+    X, Y = np.zeros((4, 4, 3)), np.zeros((4, 4, 1))
+    name = next(iter(kw))
+    with pytest.raises(TypeError, match=f"{name} must be a bool .*got"):
+        lstm_model.fit(X, Y, **kw)
+    lstm_model.fit(X, Y, **{name: np.bool_(False)})  # NumPy's bools are bools
+
+
+def test_backward_results_belong_to_the_last_forward(lstm_model):
+    # the norms and initial-state gradients of a backward describe its forward's graph; after a
+    # new forward they are gone (not reshaped to the new one's T and batch), until its backward
+    rng = np.random.default_rng(1)
+    lstm_model.forward(rng.standard_normal((4, 5, 3)))
+    lstm_model.backward(np.ones((4, 5, 1)))
+    assert lstm_model.timestep_grad_norms().shape == (2, 5)
+    assert lstm_model.initial_state_grad()[0].shape == (2, 4, 4)
+    for X in (rng.standard_normal((4, 8, 3)), rng.standard_normal((2, 5, 3)),
+              rng.standard_normal((4, 5, 3))):  # another T, another batch, the same shape
+        lstm_model.forward(X)
+        with pytest.raises(RuntimeError, match="timestep_grad_norms needs a backward"):
+            lstm_model.timestep_grad_norms()
+        with pytest.raises(RuntimeError, match="initial_state_grad needs a backward"):
+            lstm_model.initial_state_grad()
+        lstm_model.backward(np.ones(lstm_model.predict(X).shape))
+        assert lstm_model.timestep_grad_norms().shape == (2, X.shape[1])
+        assert lstm_model.initial_state_grad()[1].shape == (2, X.shape[0], 4)
+
+
+@pytest.mark.parametrize("key", ["0", 0.0, 1.5, True])
+def test_recurrent_layer_keys_must_be_ints(lstm_model, key):
+    X = np.zeros((2, 3, 3))
+    with pytest.raises(TypeError, match="layer must be an int index"):
+        lstm_model.forward(X, initial_state={key: (np.zeros((2, 2, 4)), np.zeros((2, 2, 4)))})
+    lstm_model.forward(X)
+    with pytest.raises(TypeError, match="layer must be an int index"):
+        lstm_model.final_state(key)
+
+
+def test_recurrent_layer_index_from_the_end(lstm_model):
+    X = np.zeros((2, 3, 3))
+    lstm_model.forward(X)
+    last = len(lstm_model.layers) - 1
+    assert np.array_equal(lstm_model.final_state(-len(lstm_model.layers))[0],
+                          lstm_model.final_state(0)[0])
+    assert np.array_equal(lstm_model.final_state(np.int64(0))[0], lstm_model.final_state()[0])
+    with pytest.raises(ValueError, match=f"layer {last} is not recurrent"):
+        lstm_model.final_state(-1)
+
+
 def test_torch_tensors_that_require_grad_are_read_as_values(lstm_model):
     torch = pytest.importorskip("torch")
     X = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)

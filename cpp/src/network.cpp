@@ -639,6 +639,16 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
     throw std::invalid_argument("batch_size must be positive, got " +
                                 std::to_string(opt.batch_size));
   const index_t batch_size = std::min(opt.batch_size, n);
+  // Stateful training continues row i of a batch in row i of the next: shuffled rows or a short
+  // last batch would carry states into unrelated sequences (one batch an epoch carries none).
+  if (opt.stateful && batch_size < n && opt.shuffle)
+    throw std::invalid_argument("stateful training carries each row's state to the same row of "
+                                "the next batch, which shuffling breaks: set shuffle = false");
+  if (opt.stateful && n % batch_size)
+    throw std::invalid_argument(
+        "stateful training needs batches of equal size; " + std::to_string(n) +
+        " samples in batches of " + std::to_string(batch_size) + " leave a last batch of " +
+        std::to_string(n % batch_size));
   const std::vector<SampleShape> shapes = shapes_for(time);
   const index_t xs = shapes.front().size();
   const index_t ys = yi ? shapes.back().rows() : shapes.back().size();

@@ -346,6 +346,11 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
     local->memory = BpttMemory::sqrt;
     c = local.get();
   }
+  // What the last backward reported belongs to the last forward's graph: a new forward (even
+  // one that fails below) leaves none, so it cannot be read as this forward's.
+  c->dh0.resize_for_overwrite(0);
+  c->dc0.resize_for_overwrite(0);
+  c->step_norms.clear();
   const index_t steps = in.time, H = H_;
   const index_t BH = checked_mul(B, H);
   const index_t LBH = checked_mul(L_, BH);

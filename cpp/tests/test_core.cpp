@@ -541,6 +541,39 @@ void test_backward_refuses_a_tape_older_than_the_weights() {
   check(!throws(), "zeroing the gradients keeps the tape");
 }
 
+// Stateful training carries row i's state into row i of the next batch: shuffled rows or a short
+// last batch would carry states into unrelated sequences, so both are refused up front.
+void test_stateful_fit_refuses_misaligned_batches() {
+  LayerSpec r;
+  r.kind = "rnn";
+  r.in_features = 2;
+  r.out_features = 3;
+  Network<float> net({r}, 2, LossConfig{LossKind::mse}, OptimizerConfig{}, 0);
+  Rng rng(3);
+  auto X = random_vec<float>(rng, 4 * 5 * 2), Y = random_vec<float>(rng, 4 * 5 * 3);
+  const Param<float>& w = std::as_const(net).param("0.weight_hh_l0");
+  const std::vector<float> before(w.value.data(), w.value.data() + w.size());
+  auto message = [&](index_t n, index_t batch, bool shuffle) -> std::string {
+    FitOptions fo;
+    fo.batch_size = batch;
+    fo.shuffle = shuffle;
+    fo.stateful = true;
+    try {
+      net.fit_epoch(X.data(), Y.data(), nullptr, n, 5, fo, nullptr);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "";
+  };
+  check(message(4, 2, true).find("shuffling") != std::string::npos, "stateful + shuffle refused");
+  check(message(3, 2, false).find("last batch of 1") != std::string::npos,
+        "stateful with a short last batch refused");
+  check(std::equal(before.begin(), before.end(), w.value.data()),
+        "a refused stateful fit changes no weight");
+  check(message(4, 2, false).empty(), "stateful, in order, equal batches: trains");
+  check(message(4, 4, true).empty(), "stateful, one batch an epoch: shuffling is harmless");
+}
+
 void test_fit_keeps_the_callers_initial_states() {
   LayerSpec r;
   r.kind = "gru";
@@ -783,6 +816,7 @@ int main() {
   test_fit_leaves_no_tape();
   test_backward_refuses_a_tape_older_than_the_weights();
   test_fit_keeps_the_callers_initial_states();
+  test_stateful_fit_refuses_misaligned_batches();
   test_bad_activation_codes_are_refused();
   test_param_is_busy_while_another_thread_trains();
   test_update_dry_runs<float>("float32");

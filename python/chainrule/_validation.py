@@ -121,6 +121,15 @@ def _check_finite(a: np.ndarray, name: str, source_dtype: np.dtype) -> None:
                          f"dtype('{a.dtype}'){note}.")
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """value as a bool: True/False or NumPy's bools; anything else (1, "no", None) is refused, as
+    scikit-learn's "boolean" parameters refuse it, rather than read by its truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} "
+                        f"{value!r}")
+    return bool(value)
+
+
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False,
                        clamp: bool = False) -> int:
     """value as an int > 0 (>= 0 with allow_zero) below 2**63; with clamp, a larger value

@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ._validation import check_bool
+
 
 class Callback:
     """Hooks called by fit. ``on_epoch_end`` may return True to stop training."""
@@ -50,7 +52,7 @@ class EarlyStopping(Callback):
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.mode = mode
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
 
     def on_train_begin(self, model: Any) -> None:
         self.best: Optional[float] = None

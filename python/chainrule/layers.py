@@ -95,8 +95,8 @@ class Dense(Layer):
             in_features, out_features = None, in_features
         self.in_features = _check_size("in_features", in_features, allow_none=True)
         self.out_features = _size("out_features", out_features)
-        if not isinstance(bias, (bool, int)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        if not isinstance(bias, (bool, int, np.bool_)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__} {bias!r}")
         self.bias = bool(bias)
 
     def output_features(self, in_features: int) -> int:
@@ -219,8 +219,9 @@ class _Recurrent(Layer):
         self.input_size = _check_size("input_size", input_size, allow_none=True)
         self.hidden_size = _size("hidden_size", hidden_size)
         self.num_layers = _size("num_layers", num_layers)
-        if not isinstance(bias, (bool, int)) or not isinstance(return_sequences, (bool, int)):
-            raise TypeError("bias and return_sequences must be bools")
+        for name, flag in (("bias", bias), ("return_sequences", return_sequences)):
+            if not isinstance(flag, (bool, int, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
         self.bias = bool(bias)
         self.return_sequences = bool(return_sequences)
 

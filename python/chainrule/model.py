@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _core
-from ._validation import NotFittedError, as_numeric, check_array, check_positive_int
+from ._validation import (NotFittedError, as_numeric, check_array, check_bool,
+                          check_positive_int)
 from .callbacks import Callback, EarlyStopping
 from ._progress import Progress
 from .history import History
@@ -563,7 +564,8 @@ class Model:
         if not norm_type > 0:
             raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
         return float(self._require_net().clip_grad_norm(max_norm, norm_type,
-                                                        bool(error_if_nonfinite)))
+                                                        check_bool("error_if_nonfinite",
+                                                                   error_if_nonfinite)))
 
     @_exclusive
     def clip_grad_value(self, clip_value: float) -> None:
@@ -613,9 +615,15 @@ class Model:
             raise ValueError("this model has no recurrent layer")
         if layer is None:
             return rec[0]
-        if layer not in rec:
-            raise ValueError(f"layer {layer} is not recurrent; the recurrent layers are {rec}")
-        return layer
+        if isinstance(layer, (bool, np.bool_)) or not hasattr(layer, "__index__"):
+            raise TypeError(f"layer must be an int index into the model's layers, got "
+                            f"{type(layer).__name__} {layer!r}")
+        i = int(layer.__index__())
+        if -len(self._layers) <= i < 0:  # counted from the end, as a list index is
+            i += len(self._layers)
+        if i not in rec:
+            raise ValueError(f"layer {i} is not recurrent; the recurrent layers are {rec}")
+        return i
 
     def _apply_initial_state(self, initial_state: Any, batch: int) -> None:
         rec = self._recurrent_indices()
@@ -670,7 +678,7 @@ class Model:
         """``∂L/∂h0`` (and ``∂L/∂c0`` for an LSTM) from the last backward, shaped like h0."""
         i, info = self._recurrent_info(layer)
         if info["dh0"] is None:
-            raise RuntimeError("initial_state_grad needs a backward() first")
+            raise RuntimeError("initial_state_grad needs a backward() after the last forward()")
         shape = (self._rec(i).num_layers, info["batch"], self._rec(i).hidden_size)
         h = info["dh0"].reshape(shape)
         return (h, info["dc0"].reshape(shape)) if info["dc0"] is not None else h
@@ -682,7 +690,7 @@ class Model:
         i, info = self._recurrent_info(layer)
         norms = np.asarray(info["step_norms"], dtype=np.float64)
         if norms.size == 0:
-            raise RuntimeError("timestep_grad_norms needs a backward() first")
+            raise RuntimeError("timestep_grad_norms needs a backward() after the last forward()")
         return norms.reshape(self._rec(i).num_layers, info["steps"])
 
     def bptt_workspace(self, layer: Optional[int] = None) -> Dict[str, Any]:
@@ -781,8 +789,9 @@ class Model:
             bptt_steps: truncated BPTT: cut each minibatch of sequences into chunks of this many
                 steps, carry the recurrent state (detached) from chunk to chunk, one loss,
                 backward and step per chunk. None: full BPTT.
-            stateful: carry the recurrent state across minibatches too (batches of equal size;
-                sample i of a batch continues sample i of the previous one: use shuffle=False).
+            stateful: carry the recurrent state across minibatches too: sample i of a batch
+                continues sample i of the previous one, so the batches must be of equal size
+                and, when an epoch has more than one, shuffle=False (else ValueError).
             bptt_memory: "all", "sqrt" or a byte budget (see :meth:`forward`).
             record_grad_norms: record each epoch's mean per-timestep gradient norms
                 ``‖∂L/∂h_t‖`` in ``history.timestep_grad_norms[layer]``, and warn when they
@@ -792,6 +801,9 @@ class Model:
             A History of the per-epoch loss, metric and validation values.
         """
         epochs = check_positive_int("epochs", epochs, allow_zero=True)
+        shuffle = check_bool("shuffle", shuffle)
+        stateful = check_bool("stateful", stateful)
+        record_grad_norms = check_bool("record_grad_norms", record_grad_norms)
         steps = (0 if bptt_steps is None else
                  check_positive_int("bptt_steps", bptt_steps, clamp=True))
         if (steps or stateful or record_grad_norms) and not self._recurrent_indices():
@@ -840,6 +852,10 @@ class Model:
             yi = None if yi is None else yi[:cut]
 
         batch = min(batch, len(x))  # after the validation split: the rows left to train on
+        if stateful and shuffle and batch < len(x):
+            raise ValueError(f"stateful=True continues sample i of a batch in row i of the next "
+                             f"batch, which shuffling would break ({len(x)} training samples in "
+                             f"batches of {batch}): pass shuffle=False with stateful=True")
         if stateful and len(x) % batch:
             raise ValueError(
                 f"stateful=True continues sample i of a batch in row i of the next, so every batch "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Tuple, Union
 
+from ._validation import check_bool
+
 __all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
 
 
@@ -66,8 +68,8 @@ class SGD(Optimizer):
         self.momentum = _number("momentum", momentum)
         self.dampening = _number("dampening", dampening)
         self.weight_decay = _number("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
-        self.maximize = bool(maximize)
+        self.nesterov = check_bool("nesterov", nesterov)
+        self.maximize = check_bool("maximize", maximize)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
@@ -102,8 +104,8 @@ class Adam(Optimizer):
                       _number("betas[1]", b2, hi=1.0, hi_open=True))
         self.eps = _number("eps", eps)
         self.weight_decay = _number("weight_decay", weight_decay)
-        self.amsgrad = bool(amsgrad)
-        self.maximize = bool(maximize)
+        self.amsgrad = check_bool("amsgrad", amsgrad)
+        self.maximize = check_bool("maximize", maximize)
 
     def get_config(self) -> Dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,

@@ -154,7 +154,8 @@ struct FitOptions {
   ClipConfig clip;
   bool stop_on_nonfinite = true;
   index_t bptt_steps = 0;     // > 0: truncated BPTT in chunks of this many steps
-  bool stateful = false;      // carry recurrent states across minibatches (same batch size)
+  bool stateful = false;      // carry recurrent states across minibatches (needs equal batches
+                              // and, with more than one batch, shuffle = false)
   bool record_step_norms = false;
 };
 

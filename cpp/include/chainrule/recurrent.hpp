@@ -34,7 +34,7 @@ struct RecurrentCache : LayerCache {
   // Filled by forward:
   index_t B = 0, steps = 0;
   Buffer<T> hn, cn;  // (L, B, H) final states (cn for LSTM only)
-  // Filled by backward:
+  // Filled by backward (and emptied by the next forward):
   Buffer<T> dh0, dc0;             // (L, B, H) gradients w.r.t. the initial states
   std::vector<double> step_norms;  // (L, T): ||dL/dh_t|| over the batch, per stacked cell
   std::size_t workspace_bytes = 0;  // states, gates, checkpoints and gate gradients held
