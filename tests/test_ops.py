@@ -92,6 +92,23 @@ def test_nan_propagates_through_relu_and_leaky_relu():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_passes_the_gradient_where_the_output_is_nan(dtype):
+    # torch's threshold_backward zeroes dy only where y <= 0: a NaN output passes dy on (a NaN
+    # upstream stays visible in the layers below rather than turning into a zero gradient);
+    # leaky_relu's backward reads x > 0 as torch's does: slope * dy where x is NaN
+    x = np.array([np.nan, -1.0, 0.0, 2.0] * 5, dtype=dtype)  # 20 values: the vector loop too
+    dy = np.array([3.0, 4.0, 5.0, 6.0] * 5, dtype=dtype)
+    for kw in ({"x": x}, {"y": ops.relu(x)}):
+        np.testing.assert_array_equal(ops.activation_backward("relu", dy, **kw),
+                                      [3.0, 0.0, 0.0, 6.0] * 5)
+    np.testing.assert_array_equal(ops.activation_backward("leaky_relu", dy, x=x,
+                                                          negative_slope=0.5),
+                                  np.array([1.5, 2.0, 2.5, 6.0] * 5, dtype=dtype))
+    dy[0] = np.nan
+    assert np.isnan(ops.activation_backward("relu", dy, x=x)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("row", [[np.inf, 1.0, 0.0], [np.inf, -np.inf, 2.0], [1.0, np.nan, 0.0],
                                  [-np.inf, -np.inf, -np.inf]])
 def test_a_row_without_a_finite_maximum_is_all_nan_as_in_torch(dtype, row):

@@ -61,7 +61,7 @@ void rnn_cell_forward(T* h, const T* gx, const T* gh, const T* bh, index_t B, in
   }
 }
 
-// da = dh * act'(a) from the output: tanh' = 1 - h^2, relu' = [h > 0].
+// da = dh * act'(a) from the output: tanh' = 1 - h^2, relu' = [h > 0] (and 1 where h is NaN).
 template <class T>
 void rnn_cell_backward(T* da, const T* dh, const T* h, index_t B, index_t H, index_t u0,
                        index_t hs, bool relu) {
@@ -72,7 +72,7 @@ void rnn_cell_backward(T* da, const T* dh, const T* h, index_t B, index_t H, ind
     if (relu) {
       for (index_t k = 0; k < hs; ++k) {
         const T v = e[k];  // loaded unconditionally, so the select vectorises
-        d[k] = y[k] > T(0) ? v : T(0);
+        d[k] = y[k] <= T(0) ? T(0) : v;  // as threshold_backward: a NaN h passes v
       }
     } else {
       for (index_t k = 0; k < hs; ++k) d[k] = e[k] * (T(1) - y[k] * y[k]);

@@ -205,10 +205,11 @@ void act_backward(T* dx, const T* dy, const T* x, const T* y, idx R, idx C, int 
     case kTanh:  // dx = dy * (1 - y^2)
       for (idx i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
       break;
-    case kRelu:  // dx = dy where y > 0 (PyTorch's threshold_backward on the output)
+    case kRelu:  // dx = 0 where y <= 0, else dy: PyTorch's threshold_backward on the output,
+                 // which passes dy where y is NaN
       for (idx i = 0; i < n; ++i) {
         const T d = dy[i];  // an unconditional load lets the select vectorise
-        dx[i] = y[i] > T(0) ? d : T(0);
+        dx[i] = y[i] <= T(0) ? T(0) : d;
       }
       break;
     case kLeakyRelu:  // dx = dy where x > 0, slope * dy elsewhere
