@@ -479,3 +479,50 @@ def test_early_stopping_argument_types():
         cr.EarlyStopping(mode="largest")
     with pytest.raises(ValueError, match="min_delta"):
         cr.EarlyStopping(min_delta=-1)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda m, v: m.clip_grad_norm(v), "max_norm"),
+    (lambda m, v: m.clip_grad_norm(1.0, norm_type=v), "norm_type"),
+    (lambda m, v: m.clip_grad_value(v), "clip_value"),
+    (lambda m, v: m.fit(np.zeros((4, 2)), np.zeros((4, 1)), clip_grad_norm=v), "clip_grad_norm"),
+    (lambda m, v: m.fit(np.zeros((4, 2)), np.zeros((4, 1)), clip_grad_value=v),
+     "clip_grad_value"),
+    (lambda m, v: m.fit(np.zeros((4, 2)), np.zeros((4, 1)), validation_split=v),
+     "validation_split"),
+    (lambda m, v: m.fit(np.zeros((4, 2)), np.zeros((4, 1)), grad_norm_warn_factor=v),
+     "grad_norm_warn_factor"),
+])
+def test_real_valued_arguments_name_themselves(call, name):
+    # float() would take "0.5" and True, and say "could not convert string to float" for "a"
+    m = cr.Model([cr.Dense(2, 1)], seed=0)
+    optional = name in ("clip_grad_norm", "clip_grad_value", "validation_split")  # None: off
+    for bad in ("0.5", "a", True, [1.0]) + (() if optional else (None,)):
+        with pytest.raises(TypeError, match=f"{name} must be a real number, got "
+                                            f"{type(bad).__name__}"):
+            call(m, bad)
+
+
+def test_numbers_beyond_the_float_range():
+    with pytest.raises(ValueError, match="lr must be within the float range"):
+        cr.SGD(lr=10**400)
+    with pytest.raises(ValueError, match="max_norm must be within the float range"):
+        cr.Model([cr.Dense(2, 1)], seed=0).clip_grad_norm(10**400)
+
+
+def test_gemm_transpose_flags_are_bools():
+    a = np.ones((2, 3))
+    with pytest.raises(TypeError, match="trans_a must be a bool .*got str 'no'"):
+        cr.ops.gemm(a, a.T, trans_a="no")
+    with pytest.raises(TypeError, match="trans_b must be a bool .*got int 1"):
+        cr.ops.gemm(a, a, trans_b=1)
+    np.testing.assert_array_equal(cr.ops.gemm(a, a, trans_b=np.True_), a @ a.T)
+
+
+def test_thread_count_has_an_upper_bound():
+    # 100000 threads were accepted, and the next parallel call failed with an errno message
+    for n in (1025, 100000, 2**40):
+        with pytest.raises(ValueError, match=r"n must be in \[1, 1024\], got"):
+            cr.set_num_threads(n)
+    cr.set_num_threads(1024)
+    assert cr.get_num_threads() == 1024

@@ -217,3 +217,50 @@ def test_ctrl_c_interrupts_fit_quickly():
         if p.poll() is None:
             p.kill()
     assert line == "interrupted True"
+
+
+READER_CHILD = textwrap.dedent("""
+    import threading
+    import numpy as np
+    import chainrule as cr
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 40, 8)).astype(np.float32)
+    Y = rng.standard_normal((256, 40, 1)).astype(np.float32)
+    m = cr.Model([cr.LSTM(8, 64), cr.Dense(64, 1)], seed=0)
+    m.fit(X[:8], Y[:8], epochs=1, batch_size=8)  # a forward and backward to read
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (m.fit(X, Y, epochs=20, batch_size=8), done.set()))
+    t.start()
+    calls = {"final_state": m.final_state, "timestep_grad_norms": m.timestep_grad_norms,
+             "initial_state_grad": m.initial_state_grad, "bptt_workspace": m.bptt_workspace,
+             "state_dict": m.state_dict,
+             # the core's readers themselves, below the Python guard
+             "core recurrent_info": lambda: m._net.recurrent_info(0),
+             "core get": lambda: m._net.get("0.weight_hh_l0", "value")}
+    refused = set()
+    while not done.is_set() and len(refused) < len(calls):
+        for name, call in calls.items():
+            try:
+                call()
+            except RuntimeError as e:
+                assert "another thread" in str(e), e
+                refused.add(name)
+    t.join()
+    print("refused", sorted(refused))
+    print("after", m.final_state()[0].shape, m.timestep_grad_norms().shape)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork-free child; POSIX select below")
+def test_reading_recurrent_state_during_fit_raises_instead_of_deadlocking():
+    # The readers took the core's lock waiting, with the GIL held, while fit held the lock and
+    # needed the GIL to look for Ctrl-C: both threads hung for good. Now they raise at once. In a
+    # child process, so that a regression fails here instead of hanging the suite.
+    p = subprocess.run([sys.executable, "-c", READER_CHILD], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[-1] == "after (1, 8, 64) (1, 40)", p.stdout
+    assert lines[0] == ("refused ['bptt_workspace', 'core get', 'core recurrent_info', "
+                        "'final_state', 'initial_state_grad', 'state_dict', "
+                        "'timestep_grad_norms']"), p.stdout

@@ -293,6 +293,9 @@ def test_return_sequences_is_read_from_a_bool_or_a_dict_and_defaults_to_true():
     with pytest.raises(ValueError, match=r"module 1.*not a recurrent"):
         cr.interop.RecurrentSequential(nn.LSTM(2, 2, batch_first=True), nn.Tanh(),
                                        return_sequences={1: False})
+    with pytest.raises(TypeError, match=r"return_sequences\[1\] must be a bool .*got str 'no'"):
+        cr.from_torch(mods, return_sequences={1: "no"})  # not read as True
+    assert cr.from_torch(gru, return_sequences=np.False_).layers[0].return_sequences is False
 
 
 @needs_torch

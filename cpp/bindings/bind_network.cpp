@@ -129,6 +129,18 @@ auto* param_buffer(P& p, const std::string& which) {
                               "'; expected value, grad, buf, buf2 or buf3");
 }
 
+// The network's lock on the reading side, for a binding that reads its state with the GIL held.
+// Tried, never waited for: fit holds the lock on the other side for a whole epoch and takes the
+// GIL now and then to look for Ctrl-C, so waiting here with the GIL would deadlock both threads.
+template <class Net>
+std::shared_lock<std::shared_mutex> read_lock(const Net& n) {
+  std::shared_lock<std::shared_mutex> lock(n.mutex(), std::try_to_lock);
+  if (!lock.owns_lock())
+    throw Busy("this model is being trained or changed by another thread; its parameters and "
+               "recurrent states can be read when that call has finished");
+  return lock;
+}
+
 template <class T>
 void bind_one(py::module_& m, const char* name) {
   using Net = Network<T>;
@@ -158,7 +170,7 @@ void bind_one(py::module_& m, const char* name) {
       .def("param_shape", [](const Net& n, const std::string& name) { return n.param(name).shape; })
       // which: "value", "grad", or an optimizer state buffer "buf", "buf2", "buf3"
       .def("get", [](const Net& n, const std::string& name, const std::string& which) {
-        std::shared_lock<std::shared_mutex> lock(n.mutex());
+        const auto lock = read_lock(n);
         const Param<T>& p = n.param(name);  // reads only: the laid-out weights stay valid
         const Buffer<T>* b = param_buffer(p, which);
         if (b->size() == 0) return py::object(py::none());
@@ -336,7 +348,7 @@ void bind_one(py::module_& m, const char* name) {
       // After forward/backward of a recurrent layer: a dict of its final states, initial-state
       // gradients, per-step gradient norms and workspace bytes (arrays flat; Python shapes them).
       .def("recurrent_info", [](const Net& n, std::size_t layer) {
-        std::shared_lock<std::shared_mutex> lock(n.mutex());
+        const auto lock = read_lock(n);
         const auto* rc = dynamic_cast<const RecurrentCache<T>*>(n.layer_cache(layer));
         if (!rc) throw std::invalid_argument("layer " + std::to_string(layer) + " is not recurrent");
         auto arr = [](const Buffer<T>& b) -> py::object {

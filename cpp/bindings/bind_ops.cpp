@@ -7,6 +7,10 @@
 
 #include <algorithm>
 #include <new>
+#if !defined(_WIN32)
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 #include <optional>
 #include <string>
 
@@ -169,11 +173,12 @@ bool plain_matrix(PyObject* o, int num) {
   return t == py::detail::npy_api::NPY_FLOAT_ || t == py::detail::npy_api::NPY_DOUBLE_;
 }
 
-// A flag: True/False, else anything Python's bool() accepts; -1 when that raised.
+// A flag: 1 for True, 0 for False, -1 for anything else (NumPy's bools, or a wrong type, which
+// the checked path accepts or refuses by name).
 int flag(PyObject* o) {
   if (o == Py_True) return 1;
   if (o == Py_False) return 0;
-  return PyObject_IsTrue(o);
+  return -1;
 }
 
 // A scalar that is exactly a float or an int (not bool, not a NumPy scalar) that fits a double.
@@ -245,10 +250,7 @@ PyObject* gemm_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const int num = py::detail::array_descriptor_proxy(py::detail::array_proxy(a)->descr)->type_num;
     if (!plain_matrix(b, num) || (out != Py_None && !plain_matrix(out, num))) Py_RETURN_NONE;
     const int ta = flag(args[3]), tb = flag(args[4]);
-    if (ta < 0 || tb < 0) {
-      PyErr_Clear();
-      Py_RETURN_NONE;
-    }
+    if (ta < 0 || tb < 0) Py_RETURN_NONE;
     double alpha = 0, beta = 0;
     if (!plain_real(args[5], alpha) || !plain_real(args[6], beta)) Py_RETURN_NONE;
     if (num == py::detail::npy_api::NPY_FLOAT_)
@@ -495,11 +497,28 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(b.mc, b.kc, b.nc);
       },
       "The GEMM cache block sizes (mc, kc, nc) in elements.");
+  // Makes a rename in the folder durable. One call, so no interrupt can fall between opening
+  // the folder and closing it (from Python, a Ctrl-C there leaked the descriptor).
+  m.def("fsync_dir", [](const std::string& path) {
+    py::gil_scoped_release nogil;
+#if defined(_WIN32)
+    (void)path;
+    return false;
+#else
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const bool ok = ::fsync(fd) == 0;
+    ::close(fd);
+    return ok;
+#endif
+  }, py::arg("path"), "fsync of a folder (after a rename in it); False where that fails.");
   m.def("available_memory", &available_memory,
         "Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the "
         "cgroup limit); 0 when unknown.");
   m.def("get_num_threads", &get_num_threads, "Threads the C++ core may use.");
-  m.def("set_num_threads", &set_num_threads, "Sets the threads the C++ core may use (>= 1).",
+  m.attr("MAX_THREADS") = kMaxThreads;
+  m.def("set_num_threads", &set_num_threads,
+        "Sets the threads the C++ core may use (1 .. MAX_THREADS).",
         py::arg("n"));
   m.def("gemm_isa", &gemm_isa, "The instruction-set path GEMM runs on.");
   m.def("gemm_supported_isas", &gemm_supported_isas, "The ISA paths this CPU supports.");

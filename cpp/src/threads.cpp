@@ -38,7 +38,7 @@ int default_threads() {
   if (const char* env = std::getenv("CHAINRULE_NUM_THREADS")) {
     char* end = nullptr;
     const long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v >= 1 && v <= 1024) return int(v);
+    if (end != env && *end == '\0' && v >= 1 && v <= kMaxThreads) return int(v);
   }
   const unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : int(hw);
@@ -251,7 +251,9 @@ void parallel_phases(int phases, int parts, const std::function<void(int, int)>&
 int get_num_threads() { return pool().threads(); }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("the number of threads must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("the number of threads must be in [1, " +
+                                std::to_string(kMaxThreads) + "], got " + std::to_string(n));
   pool().set_threads(n);
 }
 

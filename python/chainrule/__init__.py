@@ -44,14 +44,15 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the threads the C++ core may use (n >= 1). Results are bitwise the same for any n.
+    """Sets the threads the C++ core may use (1 <= n <= 1024). Results are bitwise the same for
+    any n.
 
     The default is the environment variable ``CHAINRULE_NUM_THREADS``, else the CPU count.
     """
     if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= int(n) <= ops._core.MAX_THREADS:
+        raise ValueError(f"n must be in [1, {ops._core.MAX_THREADS}], got {n}")
     ops._core.set_num_threads(int(n))
 
 __all__ = [

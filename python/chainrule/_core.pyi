@@ -190,11 +190,14 @@ def gemm_set_isa(name: str) -> None:
     """Switches the GEMM ISA path (tests run every one)."""
 def all_finite(x: np.ndarray) -> bool:
     """True when no element of x (float32 or float64, C-contiguous, any shape) is NaN or +-inf."""
+def fsync_dir(path: str) -> bool:
+    """fsync of a folder (after a rename in it); False where that fails."""
 def available_memory() -> int:
     """Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the
     cgroup limit); 0 when unknown."""
 def get_num_threads() -> int:
     """Threads the C++ core may use."""
+MAX_THREADS: int
 def set_num_threads(n: int) -> None:
     """Sets the threads the C++ core may use (>= 1)."""
 

@@ -5,6 +5,7 @@ arrays are never modified (a conversion copies; an array that already fits is on
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -128,6 +129,16 @@ def check_bool(name: str, value: Any) -> bool:
         raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} "
                         f"{value!r}")
     return bool(value)
+
+
+def check_real(name: str, value: Any) -> float:
+    """value as a float: an int, a float or a NumPy real number (not a bool, a string or None)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be within the float range, got {value!r}") from None
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 
 import numpy as np
 
+from ._validation import check_bool
 from .layers import (GRU, LSTM, RNN, Dense, Identity, Layer, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
                      Softmax, Tanh, _Recurrent)
 from .losses import Loss
@@ -210,8 +211,8 @@ def _return_sequences(module: Any, modules: List[Any], nn: Any,
         if isinstance(module, _recurrent_sequential_class()) and isinstance(saved, dict):
             return {i: bool(saved.get(i, True)) for i in rec}
         return {i: True for i in rec}
-    if isinstance(return_sequences, bool):
-        return {i: return_sequences for i in rec}
+    if isinstance(return_sequences, (bool, np.bool_)):
+        return {i: bool(return_sequences) for i in rec}
     if not isinstance(return_sequences, Mapping):
         raise TypeError(f"return_sequences must be None, a bool or a dict {{index: bool}}, got "
                         f"{type(return_sequences).__name__}")
@@ -219,7 +220,7 @@ def _return_sequences(module: Any, modules: List[Any], nn: Any,
         if i not in rec:
             raise ValueError(f"return_sequences names module {i!r}, which is not a recurrent "
                              f"module; the recurrent modules are {rec}")
-    return {i: bool(return_sequences.get(i, True)) for i in rec}
+    return {i: check_bool(f"return_sequences[{i}]", return_sequences.get(i, True)) for i in rec}
 
 
 def _infer_dtype(tensors: Dict[str, Any], th: Any) -> str:

@@ -14,10 +14,11 @@ import json
 import math
 import os
 import struct
-import tempfile
 from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
+
+from . import _core
 
 __all__ = ["save", "load", "to_bytes", "from_bytes", "ModelFileError", "TruncatedFileError",
            "HeaderError", "NotAModelFileError", "UnsupportedVersionError", "ChecksumError",
@@ -276,40 +277,48 @@ def from_bytes(data: bytes) -> Any:
     return model
 
 
-def save(model: Any, path: Union[str, "os.PathLike[str]"]) -> None:
-    """Writes model to path atomically (temporary file in the same folder, fsync, rename)."""
+def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
+    """Writes model to path atomically (temporary file in the same folder, fsync, rename).
+
+    A symbolic link is followed: the file it names receives the model and the link stays. An
+    existing file keeps its permission bits; a new one gets those open() would give it (0o666
+    less the umask). On any failure or interrupt the temporary file is removed and the old file,
+    if any, is left as it was.
+    """
     data = to_bytes(model)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save to {path!r}: the folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        mode = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = None
+    # The temporary name is chosen and kept before the file exists, so that an interrupt at any
+    # point lets the handler below remove what was created (mkstemp returns the name only once
+    # the file is there).
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{os.urandom(6).hex()}.tmp")
+    try:
+        # "x": created here (never another's file), 0o666 less the umask, as open() creates.
+        # A file object, not a raw descriptor: if an interrupt lands as open() returns, the
+        # unreferenced object closes the file as it is dropped.
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            mode = os.stat(path).st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    _core.fsync_dir(folder)  # make the rename itself durable (best effort)
 
 
 def load(path: Union[str, "os.PathLike[str]"]) -> Any:

@@ -18,13 +18,14 @@ import secrets
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
 from . import _core
 from ._validation import (NotFittedError, as_numeric, check_array, check_bool,
-                          check_positive_int)
+                          check_positive_int, check_real)
 from .callbacks import Callback, EarlyStopping
 from ._progress import Progress
 from .history import History
@@ -557,10 +558,10 @@ class Model:
         Raises:
             FloatingPointError: the norm is NaN or inf and error_if_nonfinite is set.
         """
-        max_norm = float(max_norm)
+        max_norm = check_real("max_norm", max_norm)
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        norm_type = float(norm_type)
+        norm_type = check_real("norm_type", norm_type)
         if not norm_type > 0:
             raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
         return float(self._require_net().clip_grad_norm(max_norm, norm_type,
@@ -570,7 +571,7 @@ class Model:
     @_exclusive
     def clip_grad_value(self, clip_value: float) -> None:
         """Clamps every gradient element to ``[-clip_value, clip_value]``."""
-        clip_value = float(clip_value)
+        clip_value = check_real("clip_value", clip_value)
         if not clip_value > 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}")
         self._require_net().clip_grad_value(clip_value)
@@ -666,6 +667,7 @@ class Model:
             raise RuntimeError("no forward has run through the recurrent layer yet")
         return i, info
 
+    @_shared
     def final_state(self, layer: Optional[int] = None) -> Any:
         """The final state of a recurrent layer after the last forward: h_n of shape
         (num_layers, batch, hidden), or (h_n, c_n) for an LSTM (PyTorch's layout)."""
@@ -674,6 +676,7 @@ class Model:
         h = info["hn"].reshape(shape)
         return (h, info["cn"].reshape(shape)) if info["cn"] is not None else h
 
+    @_shared
     def initial_state_grad(self, layer: Optional[int] = None) -> Any:
         """``∂L/∂h0`` (and ``∂L/∂c0`` for an LSTM) from the last backward, shaped like h0."""
         i, info = self._recurrent_info(layer)
@@ -683,6 +686,7 @@ class Model:
         h = info["dh0"].reshape(shape)
         return (h, info["dc0"].reshape(shape)) if info["dc0"] is not None else h
 
+    @_shared
     def timestep_grad_norms(self, layer: Optional[int] = None) -> np.ndarray:
         """Per-timestep gradient norms ``‖∂L/∂h_t‖`` (over the batch) from the last backward,
         shape (num_layers, T): where they shrink towards t = 0 the gradient vanishes, where they
@@ -693,6 +697,7 @@ class Model:
             raise RuntimeError("timestep_grad_norms needs a backward() after the last forward()")
         return norms.reshape(self._rec(i).num_layers, info["steps"])
 
+    @_shared
     def bptt_workspace(self, layer: Optional[int] = None) -> Dict[str, Any]:
         """Bytes the last BPTT of a recurrent layer held (states, gates, checkpoints, gate
         gradients; not its input and output sequences): ``{"workspace_bytes",
@@ -734,21 +739,33 @@ class Model:
         for n in names:
             if n not in state_dict:
                 continue
-            v = state_dict[n]
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            a = np.asarray(v)
-            want = tuple(net.param_shape(n))
-            if a.shape != want:
-                raise ValueError(f"size mismatch for {n!r}: got shape {a.shape}, expected {want}")
-            if a.dtype.kind not in "biuf":
-                raise TypeError(f"{n!r} must hold real numbers, got dtype {a.dtype}")
-            a = np.ascontiguousarray(a, dtype=self.dtype)
-            if not np.isfinite(a).all():
-                raise ValueError(f"{n!r} contains NaN or infinity")
-            staged.append((n, a))
+            staged.append((n, self._param_array(repr(n), state_dict[n], net.param_shape(n))))
         for n, a in staged:
             net.set(n, "value", a)
+
+    def _param_array(self, what: str, v: Any, shape: Sequence[int],
+                     nonnegative: bool = False) -> np.ndarray:
+        """v (an array, nested lists, a torch tensor) as a finite array of the model's dtype
+        and the given shape, for a parameter or an optimizer buffer named by what."""
+        want = tuple(shape)
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu().numpy()
+        try:
+            a = np.asarray(v)
+        except ValueError:  # ragged nested lists
+            raise ValueError(f"{what} must be an array of shape {want}, got a ragged "
+                             f"{type(v).__name__}") from None
+        if a.shape != want:
+            raise ValueError(f"size mismatch for {what}: got shape {a.shape}, expected {want}")
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must hold real numbers, got dtype {a.dtype}")
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} contains NaN or infinity")
+        if nonnegative and (a < 0).any():
+            raise ValueError(f"{what} must be >= 0 (a mean of squares), got a minimum of "
+                             f"{a.min()!r}")
+        return a
 
     # ------------------------------------------------------------------ training
     @_exclusive
@@ -809,7 +826,7 @@ class Model:
         if (steps or stateful or record_grad_norms) and not self._recurrent_indices():
             raise ValueError("bptt_steps, stateful and record_grad_norms are for models with a "
                              "recurrent layer (RNN, LSTM, GRU)")
-        warn_factor = float(grad_norm_warn_factor)
+        warn_factor = check_real("grad_norm_warn_factor", grad_norm_warn_factor)
         if not warn_factor > 1:
             raise ValueError(f"grad_norm_warn_factor must be > 1, got {grad_norm_warn_factor!r}")
         if on_nonfinite not in _ON_NONFINITE:
@@ -822,8 +839,9 @@ class Model:
         batch = (x.shape[0] if batch_size is None else
                  check_positive_int("batch_size", batch_size, clamp=True))
         batch = min(batch, x.shape[0])  # the core clamps too, but takes only 64-bit sizes
-        max_norm = 0.0 if clip_grad_norm is None else float(clip_grad_norm)
-        clip_value = 0.0 if clip_grad_value is None else float(clip_grad_value)
+        max_norm = 0.0 if clip_grad_norm is None else check_real("clip_grad_norm", clip_grad_norm)
+        clip_value = (0.0 if clip_grad_value is None else
+                      check_real("clip_grad_value", clip_grad_value))
         if clip_grad_norm is not None and not max_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
         if clip_grad_value is not None and not clip_value > 0:
@@ -836,7 +854,7 @@ class Model:
             xv, tv = self._check_X(validation_data[0], name="X_val", rows=1)
             val = (xv, tv) + self._check_y(validation_data[1], self._output_shape(len(xv), tv))
         elif validation_split:
-            vs = float(validation_split)
+            vs = check_real("validation_split", validation_split)
             if not 0.0 <= vs < 1.0:
                 raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
             n_val = int(len(x) * vs)
@@ -1092,6 +1110,17 @@ class Model:
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "Model":
         """Builds a model (fresh weights) from :meth:`get_config`'s output."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict like get_config() returns, got "
+                            f"{type(config).__name__}")
+        missing = [k for k in ("layers", "loss", "optimizer", "dtype", "seed") if k not in config]
+        if missing:
+            raise ValueError(f"config is missing {missing} (get_config() gives 'layers', 'loss', "
+                             f"'optimizer', 'dtype', 'seed' and 'in_features')")
+        if isinstance(config["layers"], (str, bytes)) or not isinstance(config["layers"],
+                                                                        Iterable):
+            raise TypeError(f"config['layers'] must be a list of layer configs, got "
+                            f"{type(config['layers']).__name__}")
         layers = [layer_from_config(c) for c in config["layers"]]
         model = cls(layers, loss=get_loss(config["loss"]),
                     optimizer=get_optimizer(config["optimizer"]), dtype=config["dtype"],
@@ -1122,6 +1151,16 @@ class Model:
         """Restores what :meth:`optimizer_state` returned (shapes are checked first)."""
         net = self._require_net()
         names = _STATE_NAMES[self._optimizer.kind]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict like optimizer_state() returns "
+                            f"({{'step': int, 'params': {{name: {{buffer: array}}}}}}), got "
+                            f"{type(state).__name__}")
+        params = state.get("params", {})
+        if not isinstance(params, Mapping) or not all(isinstance(b, Mapping)
+                                                      for b in params.values()):
+            raise TypeError("optimizer state 'params' must map parameter names to dicts of "
+                            f"buffers ({{name: {{{', '.join(map(repr, names.values()))}: "
+                            f"array}}}}), got {params!r:.80}")
         step = state.get("step", 0)
         try:  # an int, or a whole number of another type (5.0, numpy or torch scalars)
             count = (None if isinstance(step, (bool, np.bool_, str, bytes)) else
@@ -1133,15 +1172,13 @@ class Model:
                              f"{step!r}")
         step = count
         staged = []
-        for n, bufs in state.get("params", {}).items():
+        for n, bufs in params.items():
             if n not in net.param_names():
                 raise ValueError(f"optimizer state names unknown parameter {n!r}")
             for key, torch_name in names.items():
                 if torch_name in bufs:
-                    a = np.ascontiguousarray(bufs[torch_name], dtype=self.dtype)
-                    if a.shape != tuple(net.param_shape(n)):
-                        raise ValueError(f"optimizer state {n}.{torch_name} has shape {a.shape}, "
-                                         f"expected {tuple(net.param_shape(n))}")
+                    a = self._param_array(f"optimizer state {n}.{torch_name}", bufs[torch_name],
+                                          net.param_shape(n), nonnegative=key != "buf")
                     staged.append((n, key, a))
         for n, key, a in staged:
             net.set(n, key, a)
@@ -1150,7 +1187,7 @@ class Model:
         net.optimizer_steps = int(step)
 
     @_shared
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
         """Saves architecture, weights and optimizer state to a safetensors file, atomically
         (a temporary file in the same folder, fsync, rename): a crash never leaves a
         half-written file, and the weights load straight into PyTorch."""

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._validation import detached
+from ._validation import check_bool, detached
 
 __all__ = [
     "ACTIVATIONS",
@@ -206,7 +206,7 @@ def gemm(
         raise _ndim_error("b", b_arr, "2D")
     alpha = _as_real(alpha, "alpha")
     beta = _as_real(beta, "beta")
-    trans_a, trans_b = bool(trans_a), bool(trans_b)
+    trans_a, trans_b = check_bool("trans_a", trans_a), check_bool("trans_b", trans_b)
     m, k = a_arr.shape[::-1] if trans_a else a_arr.shape
     kb, n = b_arr.shape[::-1] if trans_b else b_arr.shape
     if k != kb:

@@ -16,7 +16,10 @@ def _number(name: str, value: Any, *, positive: bool = False, lo: float = 0.0,
             hi: float = math.inf, hi_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be within the float range, got {value!r}") from None
     if not math.isfinite(v) or v < lo or (positive and v <= 0) or v > hi or (hi_open and v >= hi):
         bound = f"in [{lo}, {hi}{')' if hi_open else ']'}" if hi != math.inf else (
             "> 0" if positive else f">= {lo}")

@@ -24,10 +24,15 @@ inline void atomic_max(std::atomic<int>& a, int v) {
   }
 }
 
+// The most threads the core will start: more would exhaust the process's thread limit long
+// before they could help (each needs a stack), and fail at the next parallel call instead.
+constexpr int kMaxThreads = 1024;
+
 // Threads the core may use, the caller included (>= 1). Default: the CHAINRULE_NUM_THREADS
-// environment variable, else the hardware's concurrency.
+// environment variable (1 .. kMaxThreads), else the hardware's concurrency.
 int get_num_threads();
-// Sets it (n >= 1; std::invalid_argument otherwise). Takes effect for the next parallel call.
+// Sets it (1 <= n <= kMaxThreads; std::invalid_argument otherwise). Takes effect for the next
+// parallel call.
 void set_num_threads(int n);
 
 // Runs task(i) for i in [0, n) on up to get_num_threads() threads; returns when all are done.
