@@ -236,9 +236,13 @@ def test_load_state_dict_converts_dtype_and_accepts_lists():
 def test_load_state_dict_non_strict_loads_what_is_given():
     model = cr.Model([cr.Dense(2, 2)], seed=0)
     bias = model.state_dict()["0.bias"]
-    model.load_state_dict({"0.weight": np.eye(2)}, strict=False)
+    keys = model.load_state_dict({"0.weight": np.eye(2), "extra": np.zeros(1)}, strict=False)
     np.testing.assert_array_equal(model.state_dict()["0.weight"], np.eye(2))
     np.testing.assert_array_equal(model.state_dict()["0.bias"], bias)
+    # what torch's load_state_dict returns: the names left out and the names ignored
+    assert keys == (["0.bias"], ["extra"])
+    assert keys.missing_keys == ["0.bias"] and keys.unexpected_keys == ["extra"]
+    assert model.load_state_dict(model.state_dict()) == ([], [])
 
 
 def test_failed_load_state_dict_changes_nothing():
@@ -412,6 +416,9 @@ def test_predict_proba_needs_a_classifier(rng):
 def test_double_activation_warnings():
     with pytest.warns(UserWarning, match="Softmax"):
         cr.Model([cr.Dense(2, 3), cr.Softmax()], loss="cross_entropy")
+    with warnings.catch_warnings():  # log_softmax of log-probabilities changes nothing
+        warnings.simplefilter("error")
+        cr.Model([cr.Dense(2, 3), cr.LogSoftmax()], loss="cross_entropy")
     with pytest.warns(UserWarning, match="Sigmoid"):
         cr.Model([cr.Dense(2, 1), cr.Sigmoid()], loss="bce_with_logits")
     with warnings.catch_warnings():
@@ -430,3 +437,96 @@ def test_clip_grad_norm_error_if_nonfinite():
         model.clip_grad_norm(1.0, error_if_nonfinite=True)
     for k, g in model.grads.items():
         np.testing.assert_array_equal(g, before[k])
+
+
+def test_get_config_records_the_input_size_a_lazy_layer_inferred(rng):
+    for first, key in ((cr.Dense(4), "in_features"), (cr.LSTM(None, 4), "input_size")):
+        model = cr.Model([first, cr.Dense(4, 1)], seed=0)
+        assert model.get_config()["layers"][0][key] is None
+        model.forward(rng.standard_normal((3, 5, 2)) if key == "input_size"
+                      else rng.standard_normal((3, 2)))
+        assert model.get_config()["layers"][0][key] == 2
+        rebuilt = cr.Model.from_config(model.get_config())
+        assert rebuilt.layers[0].get_config()[key] == 2
+
+
+def _momentum_net(opt):
+    return cr.Model([cr.Dense(3, 4), cr.Tanh(), cr.Dense(4, 1)], dtype="float64", optimizer=opt,
+                    seed=0)
+
+
+def test_changing_hyperparameters_in_place_applies_from_the_next_step(regression):
+    # as a torch param_group edit: the momentum buffer is kept, the new lr used from then on
+    X, y = regression
+    y = y[:, :1]
+    a = _momentum_net(cr.SGD(lr=0.1, momentum=0.9))
+    b = _momentum_net(cr.SGD(lr=0.1, momentum=0.9))
+    for m in (a, b):
+        for _ in range(3):
+            m.zero_grad()
+            m.forward(X)
+            m.backward(y)
+            m.step()
+    a.optimizer.lr = 0.01
+    state = b.optimizer_state()
+    b.optimizer = cr.SGD(lr=0.01, momentum=0.9)  # assignment resets; reload the state
+    b.load_optimizer_state(state)
+    for m in (a, b):
+        for _ in range(2):
+            m.zero_grad()
+            m.forward(X)
+            m.backward(y)
+            m.step()
+    for k, v in a.state_dict().items():
+        assert np.array_equal(v, b.state_dict()[k]), k
+    assert a.get_config()["optimizer"]["lr"] == 0.01
+
+
+def test_a_callback_can_schedule_the_learning_rate(regression):
+    X, y = regression
+    halve = lambda epoch, logs: setattr(model.optimizer, "lr", model.optimizer.lr / 2)
+    model = _momentum_net(cr.SGD(lr=0.2, momentum=0.5))
+    hist = model.fit(X, y[:, :1], epochs=3, batch_size=16, shuffle=False, callbacks=[halve])
+    ref = _momentum_net(cr.SGD(lr=0.2, momentum=0.5))
+    losses = []
+    for _ in range(3):
+        losses += ref.fit(X, y[:, :1], epochs=1, batch_size=16, shuffle=False).loss
+        ref.optimizer.lr = ref.optimizer.lr / 2
+    assert hist.loss == losses
+    assert model.optimizer.lr == pytest.approx(0.2 / 8)
+    for k, v in model.state_dict().items():
+        assert np.array_equal(v, ref.state_dict()[k]), k
+    constant = _momentum_net(cr.SGD(lr=0.2, momentum=0.5))
+    assert constant.fit(X, y[:, :1], epochs=3, batch_size=16, shuffle=False).loss != losses
+
+
+def test_hyperparameters_are_checked_as_they_are_assigned(regression):
+    opt = cr.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        opt.lr = -1
+    with pytest.raises(TypeError, match="nesterov must be a bool"):
+        opt.nesterov = "no"
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in"):
+        cr.Adam().betas = (0.9, 1.0)
+    assert opt.lr == 0.1 and opt.nesterov is True
+    X, y = regression
+    model = _momentum_net(opt)
+    model.fit(X, y[:, :1], epochs=1)
+    opt.momentum = 0.0  # each value fine alone; Nesterov without momentum is not
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum"):
+        model.step()
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum"):
+        model.fit(X, y[:, :1], epochs=1)
+
+
+@pytest.mark.parametrize("opt,switch", [(cr.SGD(lr=0.05), ("momentum", 0.9)),
+                                        (cr.Adam(lr=0.01), ("amsgrad", True))])
+def test_switching_on_a_buffer_mid_training_starts_it_as_torch_would(regression, opt, switch):
+    X, y = regression
+    model = _momentum_net(opt)
+    model.fit(X, y[:, :1], epochs=2, batch_size=16)
+    setattr(model.optimizer, *switch)
+    hist = model.fit(X, y[:, :1], epochs=2, batch_size=16)
+    assert np.isfinite(hist.loss).all()
+    state = model.optimizer_state()["params"]["0.weight"]
+    assert ("momentum_buffer" if switch[0] == "momentum" else "max_exp_avg_sq") in state

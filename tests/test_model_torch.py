@@ -337,6 +337,34 @@ def test_optimizer_steps_match_torch(kind, cfg, steps, rng):
             assert_close(bufs[k], tstate[k], what=f"{name}.{k}")
 
 
+@pytest.mark.parametrize("kind,cfg,change", [
+    ("sgd", {"lr": 0.1, "momentum": 0.9}, {"lr": 0.02, "momentum": 0.5}),
+    ("sgd", {"lr": 0.1}, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),  # buffer starts now
+    ("adam", {"lr": 0.01}, {"lr": 0.003, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+])
+def test_hyperparameters_changed_mid_training_match_a_torch_param_group_edit(kind, cfg, change,
+                                                                            rng):
+    arch = [("dense", 3, 6, True), "tanh", ("dense", 6, 3, False)]
+    model, seq = build(arch, loss="cross_entropy")
+    opt, topt = make_optimizers(kind, cfg, seq)
+    model.optimizer = opt
+    X, y = rng.standard_normal((40, 3)), rng.integers(0, 3, 40)
+    for s in range(10):
+        if s == 4:
+            for k, v in change.items():
+                setattr(model.optimizer, k, v)
+                topt.param_groups[0][k] = v
+        xb, yb = X[4 * s:4 * s + 4], y[4 * s:4 * s + 4]
+        model.zero_grad()
+        model.forward(xb)
+        model.backward(yb)
+        model.step()
+        topt.zero_grad()
+        F.cross_entropy(seq(torch.tensor(xb)), torch.tensor(yb)).backward()
+        topt.step()
+    assert_same_params(model, seq)
+
+
 def test_adam_with_sum_reduction_and_bce_matches_torch(rng):
     model, seq = build([("dense", 2, 5, True), "relu", ("dense", 5, 1, True), "sigmoid"],
                        loss=cr.BCELoss(reduction="sum"))

@@ -549,7 +549,8 @@ def test_a_new_file_gets_the_mode_open_would_give_it(tmp_path, umask):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or not hasattr(__import__("signal"),
                                                                          "setitimer"),
                     reason="needs /proc/self/fd and setitimer (Linux)")
-def test_interrupted_saves_leave_no_temporary_file_nor_descriptor(tmp_path):
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # an interrupt
+def test_interrupted_saves_leave_no_temporary_file_nor_descriptor(tmp_path):  # in a gc callback
     import signal
 
     model = cr.Model([cr.Dense(32, 256), cr.Tanh(), cr.Dense(256, 1)], optimizer=cr.Adam(),

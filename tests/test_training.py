@@ -588,3 +588,46 @@ def test_nonfinite_ignore_records_but_does_not_warn():
         hist = model.fit(X, y, epochs=2, batch_size=4, on_nonfinite="ignore")
     assert hist.epochs == 2 and hist.nonfinite == (0, 0)
     assert not all(np.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_callback_returning_numpys_true_stops(regression):
+    # np.isnan(...) and friends give np.True_: it stops as True does
+    X, y = regression
+    hist = tanh_net().fit(X, y, epochs=5, callbacks=[lambda e, logs: np.isfinite(logs["loss"])])
+    assert hist.epochs == 1 and hist.interrupted
+
+
+def test_bad_verbose_is_refused_before_any_callback_or_change(regression):
+    X, y = regression
+    model = tanh_net()
+    model.forward(X)
+    calls = []
+
+    class Recorder(cr.Callback):
+        def on_train_begin(self, model):
+            calls.append("begin")
+
+        def on_train_end(self, model):
+            calls.append("end")
+    with pytest.raises(ValueError, match="verbose must be 0, 1 or 2, got 3"):
+        model.fit(X, y, epochs=2, verbose=3, callbacks=[Recorder()])
+    assert calls == []
+    model.backward(y)  # the forward before the refused fit still stands
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6, 3e8, 1e9])
+def test_training_r2_survives_targets_far_from_zero(offset):
+    # R^2 from running sums of t and t^2 lost every digit at an offset 1e4 times the spread,
+    # and was clipped to 0; it now merges per-batch means and deviations, as evaluate's
+    # two-pass figure (sklearn's r2_score) does
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((96, 3))
+    w = np.array([[1.0, -2.0, 0.5]])
+    y = X @ w.T + offset + 0.1 * rng.standard_normal((96, 1))
+    model = cr.Model([cr.Dense(3, 1)], dtype="float64", optimizer=cr.SGD(lr=1e-300), seed=0)
+    model.load_state_dict({"0.weight": w, "0.bias": np.array([offset])})
+    pred = model.predict(X)
+    want = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    hist = model.fit(X, y, epochs=1, batch_size=10, shuffle=False)  # 10 batches, a short last
+    assert hist.r2[0] == pytest.approx(want, rel=1e-9)
+    assert model.evaluate(X, y)["r2"] == pytest.approx(want, rel=1e-12)

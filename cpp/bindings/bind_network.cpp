@@ -95,8 +95,8 @@ py::dict stats_to_columns(const std::vector<EpochStats>& stats) {
   d["stopped"] = col([](const EpochStats& s) { return s.stopped; });
   d["correct"] = col([](const EpochStats& s) { return s.correct; });
   d["counted"] = col([](const EpochStats& s) { return s.counted; });
-  d["sum_y"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_y; });
-  d["sum_yy"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_yy; });
+  d["mean_y"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.mean_y; });
+  d["ss_tot"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.ss_tot; });
   d["sum_sq_err"] = mat([](const EpochStats& s) -> const std::vector<double>& { return s.sum_sq_err; });
   py::dict norms;  // layer -> (epochs, cells * T): each epoch's mean per-timestep norms
   if (E && !stats[0].step_norm_sums.empty()) {
@@ -199,6 +199,9 @@ void bind_one(py::module_& m, const char* name) {
       })
       .def_property("optimizer_steps", &Net::optimizer_steps, &Net::set_optimizer_steps)
       .def("set_optimizer", [](Net& n, const py::dict& d) { n.set_optimizer(optimizer_from_dict(d)); })
+      .def("set_optimizer_hyperparameters", [](Net& n, const py::dict& d) {
+        n.set_optimizer_hyperparameters(optimizer_from_dict(d));
+      })
       .def("set_loss", [](Net& n, const std::string& loss, const std::string& reduction) {
         n.set_loss(LossConfig{loss_from_name(loss), reduction_from_name(reduction)});
       })

@@ -46,22 +46,40 @@ template <class T>
 void accumulate_metric(EpochStats& st, LossKind kind, const T* pred, const T* yf,
                        const std::int64_t* yi, index_t rows, index_t C) {
   if (kind == LossKind::mse) {
-    if (st.sum_y.empty()) {
-      st.sum_y.assign(std::size_t(C), 0.0);
-      st.sum_yy.assign(std::size_t(C), 0.0);
+    if (st.mean_y.empty()) {
+      st.mean_y.assign(std::size_t(C), 0.0);
+      st.ss_tot.assign(std::size_t(C), 0.0);
       st.sum_sq_err.assign(std::size_t(C), 0.0);
     }
-    // Column slices over the pool above ~64 K elements (a wide regression output); each
-    // column's sums still add the rows in order.
-    double *sy = st.sum_y.data(), *syy = st.sum_yy.data(), *see = st.sum_sq_err.data();
+    // The batch's mean and squared deviations per column (two passes), merged into the epoch's:
+    // a one-pass sum of t^2 - (sum t)^2 / n loses every digit once the targets' offset is 1e4
+    // times their spread. Column slices over the pool above ~64 K elements (a wide regression
+    // output), in chunks of columns; each column's sums still add the rows in order.
+    double *mean = st.mean_y.data(), *m2 = st.ss_tot.data(), *see = st.sum_sq_err.data();
+    const double na = double(st.counted), nb = double(rows), n = na + nb;
     parallel_ranges(C, 8, rows * C / 65536, [=](std::int64_t c0, std::int64_t c1) {
-      for (index_t r = 0; r < rows; ++r)
-        for (index_t c = c0; c < c1; ++c) {
-          const double t = double(yf[r * C + c]), e = double(pred[r * C + c]) - t;
-          sy[c] += t;
-          syy[c] += t * t;
-          see[c] += e * e;
+      constexpr index_t kChunk = 64;
+      for (index_t cc = c0; cc < c1; cc += kChunk) {
+        const index_t w = std::min<index_t>(kChunk, c1 - cc);
+        double bm[kChunk] = {}, bq[kChunk] = {};
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = 0; j < w; ++j) {
+            const double t = double(yf[r * C + cc + j]), e = double(pred[r * C + cc + j]) - t;
+            bm[j] += t;
+            see[cc + j] += e * e;
+          }
+        for (index_t j = 0; j < w; ++j) bm[j] /= nb;
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = 0; j < w; ++j) {
+            const double d = double(yf[r * C + cc + j]) - bm[j];
+            bq[j] += d * d;
+          }
+        for (index_t j = 0; j < w; ++j) {
+          const double delta = bm[j] - mean[cc + j];
+          mean[cc + j] += delta * (nb / n);
+          m2[cc + j] += bq[j] + delta * delta * (na * nb / n);
         }
+      }
     });
     st.counted += rows;
     return;
@@ -194,6 +212,26 @@ template <class T>
 void Network<T>::set_optimizer(OptimizerConfig opt) {
   ExclusiveUse use(mutex_);
   set_optimizer_impl(opt);
+}
+
+template <class T>
+void Network<T>::set_optimizer_hyperparameters(OptimizerConfig opt) {
+  ExclusiveUse use(mutex_);
+  if (opt.kind != opt_.kind)
+    throw std::invalid_argument("new hyper-parameters must be for the same kind of optimizer; "
+                                "set_optimizer changes the kind (and resets the state)");
+  for (Param<T>* p : params_) {
+    if (opt.kind == OptimizerConfig::Kind::sgd && opt.sgd.momentum != 0 && p->buf.size() == 0) {
+      p->buf.resize(p->size());
+      p->has_buf = false;  // filled from the next gradient, as torch's first momentum step
+    }
+    if (opt.kind == OptimizerConfig::Kind::adam && opt.adam.amsgrad && p->buf3.size() == 0) {
+      p->buf3.resize(p->size());
+      std::fill(p->buf3.data(), p->buf3.data() + p->size(), T(0));
+    }
+    p->exps_version = ~std::uint64_t(0);  // bounds are settled afresh for the new values
+  }
+  opt_ = opt;
 }
 
 template <class T>

@@ -61,8 +61,8 @@ class _EpochColumns(TypedDict):
     stopped: _F64
     correct: _F64
     counted: _F64
-    sum_y: _F64        # (epochs, outputs)
-    sum_yy: _F64       # (epochs, outputs)
+    mean_y: _F64       # (epochs, outputs)
+    ss_tot: _F64       # (epochs, outputs)
     sum_sq_err: _F64   # (epochs, outputs)
     step_norms: Dict[int, _F64]  # recurrent layer index -> (epochs, cells * T)
 

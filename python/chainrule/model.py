@@ -18,8 +18,8 @@ import secrets
 import threading
 import warnings
 from collections import OrderedDict
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ._validation import (NotFittedError, as_numeric, check_array, check_bool,
 from .callbacks import Callback, EarlyStopping
 from ._progress import Progress
 from .history import History
-from .layers import Layer, LogSoftmax, Sigmoid, Softmax, _Recurrent, layer_from_config
+from .layers import Layer, Sigmoid, Softmax, _Recurrent, layer_from_config
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 
@@ -83,6 +83,12 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     ss_res = ((y2 - p2) ** 2).sum(axis=0)
     ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
     return float(np.mean(_r2_from_sums(ss_res, ss_tot)))
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Model.load_state_dict` did not load (torch's ``_IncompatibleKeys``)."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
@@ -229,7 +235,8 @@ class Model:
     # ------------------------------------------------------------------ construction
     def _warn_double_activation(self) -> None:
         last = self._layers[-1]
-        if self._loss.name == "cross_entropy" and isinstance(last, (Softmax, LogSoftmax)):
+        # (A final LogSoftmax is harmless: log_softmax of log-probabilities changes nothing.)
+        if self._loss.name == "cross_entropy" and isinstance(last, Softmax):
             warnings.warn("cross_entropy takes logits and applies log_softmax itself (as "
                           "torch.nn.CrossEntropyLoss); the final Softmax is applied twice. Drop "
                           "it: predict_proba applies softmax to the logits.", UserWarning,
@@ -249,9 +256,19 @@ class Model:
     def _build(self, in_features: int) -> None:
         specs = self._layer_specs(in_features)
         cls = _core.Network32 if self.dtype == np.float32 else _core.Network64
+        self._opt_config = self._optimizer._core_config()
         self._net = cls(specs, in_features, self._loss.name, self._loss.reduction,
-                        self._optimizer._core_config(), self.seed)
+                        self._opt_config, self.seed)
         self._in_features = in_features
+
+    def _sync_optimizer(self) -> None:
+        """Passes hyper-parameters assigned since the last step (``optimizer.lr = ...``) to the
+        core, keeping the optimizer's state."""
+        cfg = self._optimizer._core_config()
+        if self._net is not None and cfg != self._opt_config:
+            self._optimizer._validate()
+            self._net.set_optimizer_hyperparameters(cfg)
+            self._opt_config = cfg
 
     def _require_net(self) -> Any:
         if self._net is None:
@@ -282,14 +299,18 @@ class Model:
 
     @property
     def optimizer(self) -> Optimizer:
-        """The optimizer; assigning a new one resets its state (momentum, Adam moments)."""
+        """The optimizer. Assigning a new one resets its state (momentum, Adam moments);
+        changing its hyper-parameters in place (``model.optimizer.lr = 0.01``, e.g. from a
+        callback between epochs) keeps the state and applies from the next step, as changing a
+        torch param_group's values does."""
         return self._optimizer
 
     @optimizer.setter
     def optimizer(self, optimizer: Union[str, Optimizer]) -> None:
         new = get_optimizer(optimizer)
         if self._net is not None:
-            self._net.set_optimizer(new._core_config())
+            self._opt_config = new._core_config()
+            self._net.set_optimizer(self._opt_config)
         self._optimizer = new
 
     @property
@@ -544,8 +565,11 @@ class Model:
     @_exclusive
     def step(self) -> None:
         """One optimizer update of every parameter from its gradient: plain SGD is
-        ``w ← w − η·∇w``."""
-        self._require_net().step()
+        ``w ← w − η·∇w``. Hyper-parameters assigned since the last step
+        (``model.optimizer.lr = 0.01``) apply from this one on."""
+        net = self._require_net()
+        self._sync_optimizer()
+        net.step()
 
     @_exclusive
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0,
@@ -714,10 +738,15 @@ class Model:
         return OrderedDict((n, net.get(n, "value")) for n in net.param_names())
 
     @_exclusive
-    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Dict[str, Any],
+                        strict: bool = True) -> "IncompatibleKeys":
         """Loads parameters from a dict of name → array (a PyTorch state dict loads unchanged).
 
         Every name and shape is checked before anything changes; the first mismatch is named.
+
+        Returns:
+            ``IncompatibleKeys(missing_keys, unexpected_keys)``, as torch's load_state_dict: the
+            names left out (kept at their values) and the names ignored, both empty with strict.
 
         Raises:
             ValueError: missing or unexpected names (with strict), a wrong shape, non-finite values.
@@ -742,6 +771,7 @@ class Model:
             staged.append((n, self._param_array(repr(n), state_dict[n], net.param_shape(n))))
         for n, a in staged:
             net.set(n, "value", a)
+        return IncompatibleKeys(missing, unexpected)
 
     def _param_array(self, what: str, v: Any, shape: Sequence[int],
                      nonnegative: bool = False) -> np.ndarray:
@@ -902,6 +932,8 @@ class Model:
         else:  # given among the callbacks, as Keras users do: report it the same way
             stopper = next((cb for cb in cbs if isinstance(cb, EarlyStopping)), None)
         metric = "accuracy" if self.is_classifier else "r2"
+        progress = Progress(verbose, epochs)  # checks verbose: every check before any change
+        self._optimizer._validate()
         self._apply_bptt_memory(bptt_memory)
         history = History()
         self.stop_training = False
@@ -912,7 +944,6 @@ class Model:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
         # Without per-epoch work in Python, all epochs run in one C++ call.
-        progress = Progress(verbose, epochs)
         per_epoch = bool(val is not None or cbs or progress.active)
         layer_cells = {i: self._rec(i).num_layers for i in self._recurrent_indices()}
         warned = False
@@ -921,6 +952,7 @@ class Model:
             with progress:
                 epoch = 0
                 while epoch < epochs:
+                    self._sync_optimizer()  # a callback may have set a new learning rate
                     cols = self._net.fit_epochs(
                         x, yf, yi, len(x), time, 1 if per_epoch else epochs - epoch, batch,
                         bool(shuffle), max_norm, 2.0, False, clip_value, on_nonfinite != "ignore",
@@ -978,7 +1010,8 @@ class Model:
                             r = fn(self, epoch, logs)
                         else:  # a function, or an object with only the other hooks
                             r = cb(epoch, logs) if callable(cb) else None
-                        stop = stop or r is True
+                        # True or NumPy's True (np.isnan(...) gives one), not any truthy value
+                        stop = stop or (isinstance(r, (bool, np.bool_)) and bool(r))
                     epoch += 1
                     if stop or self.stop_training:
                         history.interrupted = not (stopper is not None and stopper.stopped)
@@ -1011,10 +1044,7 @@ class Model:
             if metric == "accuracy":
                 logs[metric] = cols["correct"] / counted
             else:
-                n = counted[:, None]
-                sy, syy = cols["sum_y"], cols["sum_yy"]
-                ss_tot = np.maximum(syy - sy * sy / n, 0.0)
-                logs[metric] = _r2_from_sums(cols["sum_sq_err"], ss_tot).mean(axis=1)
+                logs[metric] = _r2_from_sums(cols["sum_sq_err"], cols["ss_tot"]).mean(axis=1)
         if clipped:
             batches = np.maximum(cols["batches"], 1)
             logs["grad_norm"] = cols["grad_norm_sum"] / batches
@@ -1064,7 +1094,12 @@ class Model:
     @_shared
     def evaluate(self, X: ArrayLike, y: ArrayLike) -> Dict[str, float]:
         """Loss and metric on (X, y): ``{"loss", "accuracy"}`` for classifiers, ``{"loss", "r2"}``
-        for regression (R² averaged over outputs, as scikit-learn's r2_score)."""
+        for regression (R² averaged over outputs, as scikit-learn's r2_score).
+
+        Accuracy is the fraction of correct predictions: of rows (or sequence steps) for
+        cross_entropy; for bce and bce_with_logits with several outputs, of single outputs
+        (Keras's binary_accuracy), not scikit-learn's accuracy_score, which counts a row right
+        only when all its labels are. fit's ``accuracy`` columns count the same way."""
         self._require_net()
         x, time = self._check_X(X, rows=1)  # predicted in chunks
         yf, yi = self._check_y(y, self._output_shape(len(x), time))
@@ -1098,8 +1133,9 @@ class Model:
         f = self._in_features
         for layer in self._layers:
             cfg = {"type": type(layer).__name__, **layer.get_config()}
-            if f is not None and "in_features" in cfg and cfg["in_features"] is None:
-                cfg["in_features"] = f
+            for key in ("in_features", "input_size"):  # a lazy Dense's or recurrent layer's
+                if f is not None and key in cfg and cfg[key] is None:
+                    cfg[key] = f
             layers.append(cfg)
             if f is not None:
                 f = layer.output_features(f)

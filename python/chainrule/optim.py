@@ -5,7 +5,7 @@ The update runs in C++; these classes hold and validate the hyper-parameters.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 from ._validation import check_bool
 
@@ -27,10 +27,33 @@ def _number(name: str, value: Any, *, positive: bool = False, lo: float = 0.0,
     return v
 
 
+def _betas(betas: Any) -> Tuple[float, float]:
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    return (_number("betas[0]", b1, hi=1.0, hi_open=True),
+            _number("betas[1]", b2, hi=1.0, hi_open=True))
+
+
 class Optimizer:
-    """Base class: hyper-parameters of an update rule."""
+    """Base class: hyper-parameters of an update rule.
+
+    The hyper-parameters are plain attributes, checked as they are assigned. A model picks up
+    new values at its next step (``model.optimizer.lr = 0.01`` in a callback is a learning-rate
+    schedule), keeping the optimizer's state, as torch does when a param_group changes.
+    """
 
     kind = ""
+    # attribute -> its check (the constructor's), run on every assignment
+    _checks: Dict[str, Callable[[Any], Any]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = type(self)._checks.get(name)
+        super().__setattr__(name, check(value) if check is not None else value)
+
+    def _validate(self) -> None:
+        """Checks that involve several hyper-parameters (each alone is checked as assigned)."""
 
     def get_config(self) -> Dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -64,15 +87,26 @@ class SGD(Optimizer):
     """
 
     kind = "sgd"
+    _checks = {
+        "lr": lambda v: _number("lr", v, positive=True),
+        "momentum": lambda v: _number("momentum", v),
+        "dampening": lambda v: _number("dampening", v),
+        "weight_decay": lambda v: _number("weight_decay", v),
+        "nesterov": lambda v: check_bool("nesterov", v),
+        "maximize": lambda v: check_bool("maximize", v),
+    }
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False) -> None:
-        self.lr = _number("lr", lr, positive=True)
-        self.momentum = _number("momentum", momentum)
-        self.dampening = _number("dampening", dampening)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.nesterov = check_bool("nesterov", nesterov)
-        self.maximize = check_bool("maximize", maximize)
+        self.lr = lr
+        self.momentum = momentum
+        self.dampening = dampening
+        self.weight_decay = weight_decay
+        self.nesterov = nesterov
+        self.maximize = maximize
+        self._validate()
+
+    def _validate(self) -> None:
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
@@ -94,21 +128,24 @@ class Adam(Optimizer):
     """
 
     kind = "adam"
+    _checks = {
+        "lr": lambda v: _number("lr", v, positive=True),
+        "betas": lambda v: _betas(v),
+        "eps": lambda v: _number("eps", v),
+        "weight_decay": lambda v: _number("weight_decay", v),
+        "amsgrad": lambda v: check_bool("amsgrad", v),
+        "maximize": lambda v: check_bool("maximize", v),
+    }
 
     def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  maximize: bool = False) -> None:
-        self.lr = _number("lr", lr, positive=True)
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_number("betas[0]", b1, hi=1.0, hi_open=True),
-                      _number("betas[1]", b2, hi=1.0, hi_open=True))
-        self.eps = _number("eps", eps)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.amsgrad = check_bool("amsgrad", amsgrad)
-        self.maximize = check_bool("maximize", maximize)
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.amsgrad = amsgrad
+        self.maximize = maximize
 
     def get_config(self) -> Dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,

@@ -132,9 +132,11 @@ struct EpochStats {
   double grad_norm_max = 0;  // largest pre-clip global norm seen (when clipping by norm)
   double grad_norm_sum = 0;  // sum of pre-clip global norms (mean = sum / batches)
   // Running training metric over the epoch, from each batch's forward output before its step:
-  // classification losses count correct predictions; mse keeps per-output sums for R^2.
+  // classification losses count correct predictions; mse keeps, per output, what R^2 needs:
+  // the targets' mean and sum of squared deviations from it (merged batch by batch, Chan et
+  // al.'s update: no cancellation however far the targets sit from 0), and the squared errors.
   index_t correct = 0, counted = 0;
-  std::vector<double> sum_y, sum_yy, sum_sq_err;
+  std::vector<double> mean_y, ss_tot, sum_sq_err;
   // First batch whose loss or gradient was NaN or inf, or whose update would have made a weight
   // or an optimizer buffer so (nonfinite_update; only checked with stop_on_nonfinite), or -1.
   index_t nonfinite_batch = -1;
@@ -196,6 +198,11 @@ class Network {
   void set_loss(LossConfig loss);
   const OptimizerConfig& optimizer() const { return opt_; }
   void set_optimizer(OptimizerConfig opt);  // resets the optimizer state and step count
+  // New hyper-parameters for the same kind of optimizer (a learning-rate schedule, momentum
+  // switched on), keeping its state and step count, as torch keeps them when a param_group's
+  // values change. A buffer the new values need and the state lacks starts as torch starts it:
+  // the momentum buffer from the next gradient, AMSGrad's maximum from zeros.
+  void set_optimizer_hyperparameters(OptimizerConfig opt);
   std::int64_t optimizer_steps() const { return steps_; }
   void set_optimizer_steps(std::int64_t s);
   Rng& rng();  // the generator, to set its state (Busy while another thread uses the network)
