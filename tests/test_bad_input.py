@@ -508,6 +508,8 @@ def test_numbers_beyond_the_float_range():
         cr.SGD(lr=10**400)
     with pytest.raises(ValueError, match="max_norm must be within the float range"):
         cr.Model([cr.Dense(2, 1)], seed=0).clip_grad_norm(10**400)
+    with pytest.raises(ValueError, match=r"alpha must be within the float range, got 1000.*\.\.\.$"):
+        cr.ops.gemm(np.ones((2, 2)), np.ones((2, 2)), alpha=10**400)
 
 
 def test_gemm_transpose_flags_are_bools():

@@ -453,3 +453,30 @@ def test_ops_gemm_fast_and_checked_paths_agree():
         ops.gemm(a, b, beta=1.0)
     with pytest.raises(ValueError, match="Expected 2D array"):
         ops.gemm(a[0], b)
+
+
+def test_alpha_zero_reads_neither_a_nor_b():
+    # BLAS and torch.addmm: with alpha = 0 the product is not formed, so NaN or inf in a or b
+    # does not reach out (0 * inf would be NaN)
+    a = np.array([[np.nan, 1.0], [np.inf, 2.0]])
+    b = np.array([[1.0, -np.inf], [np.nan, 1.0]])
+    np.testing.assert_array_equal(ops.gemm(a, b, alpha=0.0), np.zeros((2, 2)))
+    out = np.full((2, 2), 3.0)
+    ops.gemm(a, b, alpha=0.0, beta=2.0, out=out)
+    np.testing.assert_array_equal(out, np.full((2, 2), 6.0))
+    for dt in (np.float32, np.float64):  # the fast path too (plain C-contiguous arrays)
+        big = np.full((64, 64), np.inf, dtype=dt)
+        np.testing.assert_array_equal(ops.gemm(big, big, alpha=0.0), np.zeros((64, 64), dt))
+
+
+@pytest.mark.parametrize("dt", ["f4", "f8"])
+def test_byte_swapped_arrays_are_read_as_numbers(dt):
+    # '>f8' has float64's type number: the fast path read its bytes as native ones
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
+    swapped = ">" if np.little_endian else "<"
+    got = ops.gemm(a.astype(swapped + dt), b.astype(swapped + dt))
+    np.testing.assert_allclose(got, a.astype(dt) @ b.astype(dt), rtol=1e-5, atol=1e-6)
+    assert got.dtype == np.dtype(dt)  # native
+    with pytest.raises(TypeError, match="out has dtype"):
+        ops.gemm(a, b, out=np.zeros((5, 4), dtype=swapped + "f8"))

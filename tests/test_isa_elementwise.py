@@ -214,3 +214,14 @@ def test_cross_entropy_rows_in_lanes_equal_rows_one_at_a_time(dtype, R, C):
     for isa, (value, grad, total, rows) in _on_every_path(run).items():
         assert _same_bits(grad, rows), f"{isa}: gradient differs from row-at-a-time"
         assert _same_bits(value, total), f"{isa}: loss {value} != row-at-a-time sum {total}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_of_nan_is_that_nan_on_every_path_and_lane(dtype):
+    # The NaN went through the exp arithmetic, and its sign bit came out by operand order:
+    # negative in the scalar tail of the portable path, positive in the vector lanes
+    x = np.full(19, np.nan, dtype=dtype)  # vector lanes and a scalar tail on every path
+    x[1::2] = -x[1::2]
+    bits = x.view(np.uint32 if dtype == np.float32 else np.uint64)
+    for isa, y in _on_every_path(lambda: ops.tanh(x)).items():
+        assert np.array_equal(y.view(bits.dtype), bits), isa

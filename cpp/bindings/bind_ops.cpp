@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <new>
 #if !defined(_WIN32)
 #include <fcntl.h>
@@ -168,7 +169,13 @@ bool plain_matrix(PyObject* o, int num) {
     return false;
   const auto* p = py::detail::array_proxy(o);
   if (p->nd != 2 || !(p->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
-  const int t = py::detail::array_descriptor_proxy(p->descr)->type_num;
+  // Byte-swapped data ('>f8' here) has the same type number: it goes the checked way, which
+  // converts it (read as native, its bytes were garbage numbers).
+  const auto* d = py::detail::array_descriptor_proxy(p->descr);
+  const std::uint16_t probe = 1;
+  const char swapped = *reinterpret_cast<const unsigned char*>(&probe) == 1 ? '>' : '<';
+  if (d->byteorder == swapped) return false;
+  const int t = d->type_num;
   if (num >= 0) return t == num;
   return t == py::detail::npy_api::NPY_FLOAT_ || t == py::detail::npy_api::NPY_DOUBLE_;
 }

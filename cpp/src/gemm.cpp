@@ -349,6 +349,10 @@ template <class T>
 void gemm_ref(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
               const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   gemm_detail::check_args(ta, tb, M, N, K, lda, ldb, ldc);
+  if (alpha == T(0)) {  // the same contract: A and B not read
+    gemm_detail::scale_c(M, N, beta, C, ldc);
+    return;
+  }
   for (index_t i = 0; i < M; ++i)
     for (index_t j = 0; j < N; ++j) {
       T acc = 0;
@@ -363,7 +367,7 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
           const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   gemm_detail::check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
-  if (K == 0) {
+  if (K == 0 || alpha == T(0)) {  // BLAS: no product to form, A and B not read
     gemm_detail::scale_c(M, N, beta, C, ldc);
     return;
   }
@@ -497,7 +501,7 @@ void gemm_prepacked(bool ta, index_t M, T alpha, const T* A, index_t lda, const 
   const index_t N = Bp.N_, K = Bp.K_;
   check_args(ta, false, M, N, K, lda, N, ldc);
   if (M == 0 || N == 0) return;
-  if (K == 0) {
+  if (K == 0 || alpha == T(0)) {
     scale_c(M, N, beta, C, ldc);
     return;
   }

@@ -115,7 +115,10 @@ inline T vtanh1(T x) {
   // t >= 0 takes the sign bit of x (so tanh(-0) = -0); bit operations, as copysign does not
   // vectorise here.
   const I sign = __builtin_bit_cast(I, x) & (I(1) << (8 * sizeof(T) - 1));
-  return __builtin_bit_cast(T, __builtin_bit_cast(I, t) | sign);
+  const T y = __builtin_bit_cast(T, __builtin_bit_cast(I, t) | sign);
+  // A NaN comes back as itself: through the arithmetic above its sign bit depended on operand
+  // order, which differs between the vector and the scalar code (and so between ISA paths).
+  return x != x ? x : y;
 }
 
 template <class T>

@@ -131,6 +131,12 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def _short(value: Any) -> str:
+    """repr(value), cut to 60 characters (an int of 400 digits)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_real(name: str, value: Any) -> float:
     """value as a float: an int, a float or a NumPy real number (not a bool, a string or None)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -138,7 +144,7 @@ def check_real(name: str, value: Any) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"{name} must be within the float range, got {value!r}") from None
+        raise ValueError(f"{name} must be within the float range, got {_short(value)}") from None
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False,

@@ -10,14 +10,13 @@ microsecond, where releasing it would cost more than the product).
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._validation import check_bool, detached
+from ._validation import check_bool, check_real, detached
 
 __all__ = [
     "ACTIVATIONS",
@@ -79,8 +78,9 @@ def _as_numeric(x: ArrayLike, name: str) -> np.ndarray:
 
 
 def _float_dtype(*arrays: np.ndarray) -> "type[np.floating]":
-    """float32 when every array is float32, float64 otherwise."""
-    return np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
+    """float32 when every array is float32 (in either byte order), float64 otherwise."""
+    return (np.float32 if all(a.dtype.newbyteorder("=") == np.float32 for a in arrays)
+            else np.float64)
 
 
 def _contiguous(arr: np.ndarray, dtype: type) -> np.ndarray:
@@ -99,9 +99,7 @@ def _check_name(name: str, allowed: Sequence[str], what: str) -> str:
 
 
 def _as_real(value: float, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} instead")
-    return float(value)
+    return check_real(name, value)
 
 
 def _ndim_error(name: str, arr: np.ndarray, expected: str) -> ValueError:

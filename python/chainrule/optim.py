@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Tuple, Union
 
-from ._validation import check_bool
+from ._validation import _short, check_bool
 
 __all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
 
@@ -19,7 +19,8 @@ def _number(name: str, value: Any, *, positive: bool = False, lo: float = 0.0,
     try:
         v = float(value)
     except OverflowError:
-        raise ValueError(f"{name} must be within the float range, got {value!r}") from None
+        raise ValueError(f"{name} must be within the float range, got "
+                         f"{_short(value)}") from None
     if not math.isfinite(v) or v < lo or (positive and v <= 0) or v > hi or (hi_open and v >= hi):
         bound = f"in [{lo}, {hi}{')' if hi_open else ']'}" if hi != math.inf else (
             "> 0" if positive else f">= {lo}")

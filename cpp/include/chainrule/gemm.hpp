@@ -1,7 +1,8 @@
 // General matrix multiply on row-major operands: C = alpha * op(A) * op(B) + beta * C,
 // op(A) (M, K), op(B) (K, N), C (M, N). With trans_a, A is stored (K, M); with trans_b, B is
 // stored (N, K). Leading dimensions are row strides in elements. BLAS convention: when beta == 0,
-// C is not read (NaN or garbage in C does not propagate); when K == 0, C = beta * C.
+// C is not read (NaN or garbage in C does not propagate); when alpha == 0 or K == 0, A and B are
+// not read and C = beta * C (NaN or inf in A or B does not propagate either).
 //
 // This header is the one interface to GEMM: callers never name an implementation, so the kernels
 // can change (blocking, micro-kernels, ISA dispatch, threads) without touching them.
