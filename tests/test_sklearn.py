@@ -353,7 +353,7 @@ def test_errors_in_sklearns_wording(iris):
         est.predict(X[0])
     with pytest.raises(ValueError, match="The 'solver' parameter of MLPClassifier must be"):
         MLPClassifier(solver="lbfgs").fit(X, y)
-    with pytest.raises(ValueError, match="hidden_layer_sizes must be > 0"):
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be positive integers"):
         MLPClassifier(hidden_layer_sizes=(3, 0)).fit(X, y)
     with pytest.raises(ValueError, match="activation has 1 entries but hidden_layer_sizes has 2"):
         MLPClassifier(hidden_layer_sizes=(3, 3), activation=["relu"]).fit(X, y)
@@ -700,3 +700,98 @@ def test_rnn_partial_fit_early_stopping_and_cross_val_score():
                                                   learning_rate_init=0.02, random_state=0),
                                      X, y, cv=3, n_jobs=2)
     assert scores.min() >= 0.7, scores
+
+
+def test_first_partial_fit_refuses_labels_outside_classes(iris):
+    # they were trained on as a neighbouring class, silently
+    X, y = iris
+    for classes, labels in (([0, 1], y), ([0, 2, 4], np.where(y == 1, 1, y * 2)),
+                            (["0", "1", "2"], y)):
+        est = MLPClassifier(hidden_layer_sizes=(3,), random_state=0)
+        with pytest.raises(ValueError, match="`y` has classes not in `self.classes_`"):
+            est.partial_fit(X, labels, classes=classes)
+        assert not hasattr(est, "classes_")  # a retry with the right classes starts anew
+        est.partial_fit(X, y, classes=[0, 1, 2])
+        assert list(est.classes_) == [0, 1, 2]
+
+
+def test_partial_fit_takes_sample_weight_where_sklearn_does(iris):
+    # partial_fit(X, y, sample_weight=None, classes=None), scikit-learn >= 1.7's order: a call
+    # written for it must not hand the weights to classes
+    X, y = iris
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        MLPClassifier(random_state=0).partial_fit(X, y, np.ones(len(y)))
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        MLPRegressor(random_state=0).partial_fit(X, y.astype(float), np.ones(len(y)))
+    MLPClassifier(hidden_layer_sizes=(3,), random_state=0).partial_fit(X, y, None, [0, 1, 2])
+
+
+@pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
+def test_multiclass_model_refuses_a_multilabel_target_later(iris, how):
+    X, y = iris
+    est = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=0,
+                        warm_start=how == "warm_start")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if how == "partial_fit":
+            est.partial_fit(X, y, classes=[0, 1, 2])
+        else:
+            est.fit(X, y)
+        before = [c.copy() for c in est.coefs_]
+        indicator = np.eye(3, dtype=int)[y]
+        with pytest.raises(ValueError, match="not fitted with multilabel input"):
+            getattr(est, "partial_fit" if how == "partial_fit" else "fit")(X, indicator)
+        multilabel = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=0,
+                                   warm_start=True).fit(X, indicator)
+        with pytest.raises(ValueError, match="fitted with multilabel input"):
+            multilabel.fit(X, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, est.coefs_))
+
+
+def test_warm_start_fit_restarts_the_invscaling_schedule_as_sklearn():
+    # scikit-learn's fit makes a new optimizer, whose first epoch steps at learning_rate_init
+    X, y = smooth_regression(100)
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", alpha=0.0, batch_size=20, shuffle=False,
+              max_iter=4, learning_rate_init=0.05, learning_rate="invscaling", power_t=0.5,
+              momentum=0.5, random_state=3, warm_start=True)
+    ours, theirs = MLPRegressor(**kw), SkMLPRegressor(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for est in (ours, theirs):
+            est.fit(X, y)
+            est.set_params(max_iter=3)
+            est.fit(X, y)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_mlp_regressor_takes_sklearns_loss_parameter():
+    X, y = smooth_regression(40)
+    est = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0)
+    assert est.get_params()["loss"] == "squared_error"
+    assert MLPRegressor("squared_error", (3,)).hidden_layer_sizes == (3,)  # sklearn's order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+        with pytest.raises(ValueError, match="The 'loss' parameter of MLPRegressor must be"):
+            clone(est).set_params(loss="poisson").fit(X, y)
+
+
+def test_coefs_and_intercepts_can_be_assigned_as_in_sklearn(iris):
+    X, y = iris
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    est.coefs_ = [np.zeros_like(c) for c in est.coefs_]
+    est.intercepts_ = [np.zeros_like(b) for b in est.intercepts_]
+    np.testing.assert_allclose(est.predict_proba(X[:2]), np.full((2, 3), 1 / 3))
+    assert all((c == 0).all() for c in est.coefs_)
+    with pytest.raises(ValueError, match="coefs_ must hold 2 arrays"):
+        est.coefs_ = [np.zeros((4, 4))]
+    with pytest.raises(ValueError, match="coefs_ does not fit the network's layers"):
+        est.coefs_ = [np.zeros((4, 3)), np.zeros((4, 3))]
+    with pytest.raises(TypeError, match="coefs_ must be a list of 2 arrays"):
+        est.coefs_ = np.zeros((4, 4))
+    with pytest.raises(AttributeError, match="set by fit"):
+        MLPClassifier().coefs_ = [np.zeros((4, 4))]

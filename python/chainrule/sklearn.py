@@ -33,6 +33,7 @@ What matches ``sklearn.neural_network.MLP*`` (solver "sgd"/"adam") and what does
   predictions on the whole to scikit-learn's tolerances; "float32" trains wide layers about
   twice as fast.
 - Not supported: solver="lbfgs", sample_weight, sparse X, loss="poisson" (each is a clear error).
+  MLPRegressor takes loss="squared_error" (its default) as scikit-learn does.
 - Beyond scikit-learn: activation "leaky_relu" (slope 0.01), one activation per hidden layer (a
   list, whose items may also be chainrule activation layers such as ``LeakyReLU(0.2)``),
   clip_grad_norm (on the data-loss gradient, in scikit-learn's scale), predict_log_proba computed
@@ -112,6 +113,12 @@ def _np_dtype(dtype: Any) -> np.dtype:
         raise ValueError(f"The 'dtype' parameter must be 'float32' or 'float64'. Got {dtype!r} "
                          "instead.")
     return dt
+
+
+def _no_sample_weight(sample_weight: Any) -> None:
+    if sample_weight is not None:
+        raise ValueError("sample_weight is not supported by chainrule's estimators (every sample "
+                         "counts once); got an argument for it")
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -222,6 +229,10 @@ class _Network(BaseEstimator):
 
     def _current_lr(self) -> float:
         if self.solver == "sgd" and self.learning_rate == "invscaling":
+            # scikit-learn's fit (warm or not) makes a new optimizer, which steps at
+            # learning_rate_init until its first epoch ends; partial_fit keeps its optimizer
+            if getattr(self, "_fresh_optimizer", False):
+                return self.learning_rate_init
             return self.learning_rate_init / (self.t_ + 1) ** self.power_t
         if self.solver == "sgd" and self.learning_rate == "adaptive":
             return self._adaptive_lr
@@ -369,6 +380,7 @@ class _Network(BaseEstimator):
         n_batches = -(-n_train // batch)
         s = self._grad_scale()
         clip = None if self.clip_grad_norm is None else self.clip_grad_norm / s
+        self._fresh_optimizer = not incremental
         self._set_optimizer(self._make_optimizer(batch), keep_state=incremental)
         if not incremental:
             self.n_iter_ = 0
@@ -387,6 +399,7 @@ class _Network(BaseEstimator):
                         f"learning_rate_init, or set clip_grad_norm. ({e})") from e
                 self.n_iter_ += 1
                 self.t_ += n_train
+                self._fresh_optimizer = False
                 self.loss_ = r * hist.history["loss"][-1] + self._penalty(n_batches, n_train)
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
@@ -490,16 +503,32 @@ class _Classifier(_Network):
     It precedes ClassifierMixin in the estimators' bases, so that its tags are set after the
     mixin has created classifier_tags."""
 
+    _label_binarizer: LabelBinarizer  # set by the first fit or partial_fit
+
     def _encode_targets(self, y: Any, first_pass: bool, incremental: bool,
                         classes: Any) -> Tuple[np.ndarray, int]:
         check_classification_targets(y)
+        multilabel = type_of_target(y).startswith("multilabel")
+        if not first_pass and hasattr(self, "_label_binarizer"):
+            # scikit-learn's LabelBinarizer refuses to switch between the two kinds of target
+            fitted_multilabel = self._label_binarizer.y_type_.startswith("multilabel")
+            if multilabel and not fitted_multilabel:
+                raise ValueError("The object was not fitted with multilabel input.")
+            if fitted_multilabel and not multilabel:
+                raise ValueError("The object was fitted with multilabel input; y must be a "
+                                 "label indicator matrix again, got a "
+                                 f"{type_of_target(y)} target.")
         if incremental and not hasattr(self, "classes_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
-            self._label_binarizer = LabelBinarizer()
-            multilabel = type_of_target(y).startswith("multilabel")
-            self._label_binarizer.fit(y if multilabel else classes)
-            self.classes_ = self._label_binarizer.classes_
+            lb = LabelBinarizer()
+            lb.fit(y if multilabel else classes)
+            unseen = [c for c in unique_labels(y) if c not in set(lb.classes_)]
+            if not multilabel and unseen:  # checked before classes_ exists: a retry starts anew
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{lb.classes_}. 'y' has {unique_labels(y)}.")
+            self._label_binarizer = lb
+            self.classes_ = lb.classes_
         elif incremental:
             if classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
                 raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
@@ -560,13 +589,16 @@ class _Classifier(_Network):
             return np.hstack([_log_sigmoid(-z), _log_sigmoid(z)])
         return _log_sigmoid(z)
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> Any:
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> Any:
         """One epoch over (X, y), keeping the weights and optimizer state.
 
         Args:
+            sample_weight: not supported (scikit-learn's position for it, so that a call
+                written for scikit-learn fails clearly instead of reading weights as classes).
             classes: every class that y may hold over all calls; needed on the first call
                 (not for a multilabel indicator y), optional later.
         """
+        _no_sample_weight(sample_weight)
         return self._fit(X, y, incremental=True, classes=classes)
 
     def __sklearn_tags__(self) -> Any:
@@ -593,8 +625,10 @@ class _Regressor(_Network):
         out = self._outputs(X)
         return out.ravel() if out.shape[1] == 1 else out
 
-    def partial_fit(self, X: Any, y: Any) -> Any:
-        """One epoch over (X, y), keeping the weights and optimizer state."""
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """One epoch over (X, y), keeping the weights and optimizer state (sample_weight: not
+        supported, as in fit)."""
+        _no_sample_weight(sample_weight)
         return self._fit(X, y, incremental=True)
 
     def __sklearn_tags__(self) -> Any:
@@ -654,7 +688,7 @@ class _MLP(_Network):
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
         if any(not isinstance(h, (Integral, np.integer)) or isinstance(h, bool) or h <= 0
                for h in sizes):
-            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes}.")
         return [int(h) for h in sizes]
 
     def _activations(self) -> List[Any]:
@@ -739,15 +773,46 @@ class _MLP(_Network):
     @property
     def coefs_(self) -> List[np.ndarray]:
         """Weight matrices in scikit-learn's layout, (n_in, n_out) per layer: the transpose of
-        PyTorch's (and ``model_.state_dict()``'s) weight. Copies of the current weights."""
+        PyTorch's (and ``model_.state_dict()``'s) weight. Copies of the current weights: edit
+        them in place and nothing changes; assign a list of them (as in scikit-learn) and the
+        model takes them."""
         sd = self._fitted_model("coefs_").state_dict()
         return [np.ascontiguousarray(sd[w].T) for w, _ in self._dense_names()]
 
+    @coefs_.setter
+    def coefs_(self, coefs: Any) -> None:
+        self._set_layer_params("coefs_", coefs, 0, transpose=True)
+
     @property
     def intercepts_(self) -> List[np.ndarray]:
-        """Bias vectors, (n_out,) per layer. Copies of the current biases."""
+        """Bias vectors, (n_out,) per layer. Copies of the current biases (assignable, as
+        coefs_)."""
         sd = self._fitted_model("intercepts_").state_dict()
         return [sd[b] for _, b in self._dense_names()]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts: Any) -> None:
+        self._set_layer_params("intercepts_", intercepts, 1, transpose=False)
+
+    def _set_layer_params(self, attr: str, values: Any, which: int, transpose: bool) -> None:
+        """Loads one array per layer (coefs_ or intercepts_) into the model, all checked first."""
+        model = self._fitted_model(attr)
+        names = [pair[which] for pair in self._dense_names()]
+        if isinstance(values, np.ndarray) or not hasattr(values, "__len__"):
+            raise TypeError(f"{attr} must be a list of {len(names)} arrays, one per layer, got "
+                            f"{type(values).__name__}")
+        if len(values) != len(names):
+            raise ValueError(f"{attr} must hold {len(names)} arrays, one per layer; got "
+                             f"{len(values)}")
+        new = {}
+        for name, v in zip(names, values):
+            a = np.asarray(v)
+            new[name] = a.T if transpose and a.ndim == 2 else a
+        try:
+            model.load_state_dict(new, strict=False)
+        except ValueError as e:
+            raise ValueError(f"{attr} does not fit the network's layers: {e} (layout: "
+                             f"{'(n_in, n_out)' if transpose else '(n_out,)'} per layer)") from None
 
     @property
     def n_layers_(self) -> int:
@@ -785,7 +850,38 @@ class MLPClassifier(_Classifier, ClassifierMixin, _MLP):
 
 class MLPRegressor(_Regressor, RegressorMixin, _MLP):
     """Multi-layer perceptron regressor (squared error, identity outputs) with scikit-learn's
-    parameters and attributes; see :class:`MLPClassifier` for the extras."""
+    parameters and attributes; see :class:`MLPClassifier` for the extras.
+
+    Args:
+        loss: "squared_error", the only loss here (scikit-learn's first parameter, also
+            offering "poisson", which is refused).
+    """
+
+    _parameter_constraints: Dict[str, list] = {
+        **_MLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error"})],
+    }
+
+    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: Any = (100,),
+                 activation: Any = "relu", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: Any = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: Any = 10,
+                 clip_grad_norm: Optional[float] = None, dtype: Any = "float64") -> None:
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha,
+                         batch_size=batch_size, learning_rate=learning_rate,
+                         learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+                         clip_grad_norm=clip_grad_norm, dtype=dtype)
+        self.loss = loss
 
 
 # ---------------------------------------------------------------------------------------------
