@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "chainrule/gemm.hpp"
 #include "chainrule/threads.hpp"
@@ -641,10 +643,26 @@ std::size_t DenseWeightCache<T>::bytes() const {
 template class DenseWeightCache<float>;
 template class DenseWeightCache<double>;
 
+// Sizes a dense call can take: none negative (every kernel below would take a negative count
+// as an empty loop, or, with I == 0, fill a negative length), and B * I, B * O, O * I within
+// index_t.
+namespace {
+void check_dense_sizes(const char* what, index_t B, index_t I, index_t O) {
+  if (B < 0 || I < 0 || O < 0)
+    throw std::invalid_argument(std::string(what) + " sizes must be >= 0, got B=" +
+                                std::to_string(B) + ", I=" + std::to_string(I) + ", O=" +
+                                std::to_string(O));
+  checked_mul(B, I);
+  checked_mul(B, O);
+  checked_mul(O, I);
+}
+}  // namespace
+
 template <class T>
 void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t I, index_t O) {
   // x (B, I), W (O, I), b (O) -> y (B, O)
   // y = b broadcast over rows, then y += x W^T (beta = 1), or y = x W^T without bias.
+  check_dense_sizes("dense_forward", B, I, O);
   if (I == 0) {  // an empty sum: y = b, or zeros (the kernels below write nothing for k = 0)
     if (b) broadcast_bias(y, b, B, O);
     else std::fill(y, y + B * O, T(0));
@@ -688,6 +706,7 @@ void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* 
   //   dL/dx_bi = sum_o dy_bo W_oi      -> dx = dy W       (B, I), overwritten
   //   dL/dW_oi = sum_b dy_bo x_bi      -> dW += dy^T x    (O, I), accumulated (= when !accumulate)
   //   dL/db_o  = sum_b dy_bo           -> db += 1^T dy    (O),    accumulated (= when !accumulate)
+  check_dense_sizes("dense_backward", B, I, O);
   const T beta = accumulate ? T(1) : T(0);
   if (dx) {
     if (small_product(B, I, O)) small_gemm_rows<T>(B, I, O, T(1), dy, O, 1, W, I, T(0), dx, I);

@@ -186,6 +186,9 @@ Param<T>& Network<T>::param(const std::string& name) {
 
 template <class T>
 void Network<T>::set_optimizer_steps(std::int64_t s) {
+  // A negative count would make Adam's bias correction 1 - beta^t zero or negative: NaN weights.
+  if (s < 0)
+    throw std::invalid_argument("optimizer step count must be >= 0, got " + std::to_string(s));
   ExclusiveUse use(mutex_);
   steps_ = s;
 }
@@ -568,6 +571,7 @@ void Network<T>::clip_grad_value(double clip_value) {
 
 template <class T>
 void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
+  if (n < 0) throw std::invalid_argument("predict needs n >= 0 samples, got " + std::to_string(n));
   SharedUse use(mutex_);
   const std::vector<SampleShape> shapes = shapes_for(time);
   // Chunks of samples bound the workspace; each thread has its own, so calls can overlap.
@@ -806,6 +810,8 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
                         kk, opt, st, b, c0, time))
           return st;
         carry();
+        // every chunk is an optimizer step: a stop request need not wait for the sequence's end
+        if (c0 + kk < time && interrupt && interrupt()) throw Interrupted();
       }
     }
     carried_batch = bs;
@@ -841,6 +847,7 @@ void Network<T>::clear_initial_states() {
 
 template <class T>
 std::size_t Network<T>::workspace_bytes() const {
+  SharedUse use(mutex_);  // forward resizes the buffers read here
   std::size_t b = g0_.capacity_bytes() + g1_.capacity_bytes() + dx_.capacity_bytes() +
                   xb_.capacity_bytes() + yfb_.capacity_bytes() +
                   yib_.capacity() * sizeof(std::int64_t) + perm_.capacity() * sizeof(std::int64_t);

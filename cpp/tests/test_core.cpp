@@ -574,6 +574,59 @@ void test_stateful_fit_refuses_misaligned_batches() {
   check(message(4, 4, true).empty(), "stateful, one batch an epoch: shuffling is harmless");
 }
 
+// Negative sizes and counts are refused, not taken as empty loops (or, for dense_forward with no
+// inputs, a fill of a negative length: a write past the output).
+void test_negative_sizes_and_counts_are_refused() {
+  auto invalid = [](auto&& f) {
+    try { f(); } catch (const std::invalid_argument&) { return true; }
+    return false;
+  };
+  std::vector<double> y(4, 7.0), x(4, 1.0), w(4, 1.0);
+  check(invalid([&] { dense_forward<double>(y.data(), nullptr, nullptr, nullptr, -1, 0, 2); }),
+        "dense_forward with B = -1 and no inputs");
+  check(invalid([&] { dense_forward<double>(y.data(), x.data(), w.data(), nullptr, 2, -2, 2); }),
+        "dense_forward with I = -2");
+  check(invalid([&] {
+          dense_backward<double>(x.data(), w.data(), nullptr, y.data(), x.data(), w.data(), -1, 2,
+                                 2);
+        }), "dense_backward with B = -1");
+  check(y == std::vector<double>(4, 7.0), "a refused dense call writes nothing");
+  LayerSpec d;
+  d.kind = "dense"; d.in_features = 2; d.out_features = 2;
+  OptimizerConfig adam;
+  adam.kind = OptimizerConfig::Kind::adam;
+  Network<float> net({d}, 2, LossConfig{}, adam, 0);
+  std::vector<float> out(8), in(8, 1.0f);
+  check(invalid([&] { net.predict(out.data(), in.data(), -4, 0); }), "predict with n = -4");
+  check(invalid([&] { net.set_optimizer_steps(-1); }),
+        "a negative optimizer step count (Adam's bias correction would divide by 0)");
+  check(net.optimizer_steps() == 0, "and the count is kept");
+}
+
+// With truncated BPTT every chunk is an optimizer step, and interrupt() is asked after each.
+void test_interrupt_is_asked_after_every_bptt_chunk() {
+  LayerSpec r;
+  r.kind = "rnn"; r.in_features = 2; r.out_features = 3;
+  Network<float> net({r}, 2, LossConfig{LossKind::mse}, OptimizerConfig{}, 0);
+  Rng rng(5);
+  auto X = random_vec<float>(rng, 4 * 12 * 2), Y = random_vec<float>(rng, 4 * 12 * 3);
+  FitOptions fo;
+  fo.batch_size = 2;
+  fo.shuffle = false;
+  fo.bptt_steps = 3;
+  int asked = 0;
+  net.fit_epoch(X.data(), Y.data(), nullptr, 4, 12, fo, [&] { ++asked; return false; });
+  check(asked == 8 && net.optimizer_steps() == 8,
+        "interrupt() after each of 8 chunk steps, got " + std::to_string(asked));
+  bool stopped = false;
+  try {
+    net.fit_epoch(X.data(), Y.data(), nullptr, 4, 12, fo, [&] { return true; });
+  } catch (const Interrupted&) {
+    stopped = true;
+  }
+  check(stopped && net.optimizer_steps() == 9, "a stop request ends the epoch after one chunk");
+}
+
 void test_fit_keeps_the_callers_initial_states() {
   LayerSpec r;
   r.kind = "gru";
@@ -817,6 +870,8 @@ int main() {
   test_backward_refuses_a_tape_older_than_the_weights();
   test_fit_keeps_the_callers_initial_states();
   test_stateful_fit_refuses_misaligned_batches();
+  test_negative_sizes_and_counts_are_refused();
+  test_interrupt_is_asked_after_every_bptt_chunk();
   test_bad_activation_codes_are_refused();
   test_param_is_busy_while_another_thread_trains();
   test_update_dry_runs<float>("float32");

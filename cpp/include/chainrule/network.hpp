@@ -2,9 +2,13 @@
 // training loop. Tensors between layers are (batch, [time,] features), row-major; a layer that
 // works per row (Dense, activations) sees batch * time rows, as torch.nn.Linear does on 3-D input.
 //
-// Thread contract: predict() and loss_value() are const and may run from many threads at once;
-// every other method mutates the network and takes it exclusively. A call that finds the network
-// in use by another thread throws std::runtime_error at once instead of waiting or corrupting it.
+// Thread contract: predict(), loss_value(), workspace_bytes() and rng_state() read the network
+// and may run from many threads at once; every method that changes it takes it exclusively. A
+// call that finds the network in use by another thread throws Busy (a std::runtime_error) at
+// once instead of waiting or corrupting it. The accessors that hand out references or pointers
+// (params(), the const param(), layer_cache(), input_grad(), optimizer(), optimizer_steps(),
+// describe_layer()) take no lock: read through them only while no other thread changes the
+// network (mutex() gives the lock, for callers that compose several calls).
 #pragma once
 #include <cstdint>
 #include <functional>
