@@ -21,9 +21,10 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
         try:
             import chainrule  # noqa: F401
         except ImportError as e:
-            print(f"error: cannot import chainrule ({e}).\nInstall it (pip install "
-                  "'chainrule[examples]'), or from a source checkout run ./dev-build.sh and "
-                  "then PYTHONPATH=python python examples/...", file=sys.stderr)
+            print(f"error: cannot import chainrule ({e}).\nInstall it from the repository's "
+                  "root folder (pip install '.[examples]'), or build it in place there "
+                  "(./dev-build.sh) and run PYTHONPATH=python python examples/...",
+                  file=sys.stderr)
             return 1
     from chainrule.demos import run_cli
     return run_cli(name, argv)

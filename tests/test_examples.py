@@ -271,7 +271,7 @@ def test_help_lists_every_demo(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for name in ["xor", "gradient_check", "binary_classification", "house_prices", "digits"]:
         assert re.search(rf"^\s+{name}\s", out, re.M), name
-    assert "pip install 'chainrule[examples]'" in out
+    assert "pip install '.[examples]'" in out
 
 
 def test_missing_sklearn_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
@@ -281,7 +281,33 @@ def test_missing_sklearn_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
     for name in ["digits", "binary_classification"]:
         assert main(["demo", name, "--quick"]) == 1
         err = capsys.readouterr().err
-        assert f"The {name} demo" in err and "pip install 'chainrule[examples]'" in err
+        assert f"The {name} demo" in err and "pip install '.[examples]'" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["house_prices", "/nonexistent/houses.csv"], "cannot use /nonexistent/houses.csv as house "
+                                                  "data: .*No such file"),
+    (["digits", "--test-size", "0.999"], "leaves 0 for training"),
+    (["binary_classification", "--plot", "/nonexistent/dir/x.png"],
+     "the folder /nonexistent/dir does not exist"),
+    (["gradient_check", "--loss", "cross_entropy", "--outputs", "1"],
+     "cross_entropy needs at least 2 outputs"),
+    (["house_prices", "--synthetic", "--rows", "3"], "R² needs at least 2 held-out rows"),
+])
+def test_bad_demo_input_is_an_error_line_and_exit_2(argv, message, capsys, tmp_path) -> None:
+    # no traceback, and (for --plot) before any training
+    assert main(["demo", *argv]) == 2
+    captured = capsys.readouterr()
+    assert re.search(f"^error: .*{message}", captured.err), captured.err
+    assert "epoch" not in captured.out.lower()
+
+
+def test_bad_csv_content_is_an_error_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert main(["demo", "house_prices", str(bad)]) == 2
+    assert re.search(r"^error: cannot use .*bad.csv as house data: .*lacks column",
+                     capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", list(demos.DEMOS))
@@ -308,3 +334,12 @@ def test_example_scripts_run() -> None:
     proc = run_python(str(EXAMPLES / "gradient_check.py"), "--tol", "1e-15")
     assert proc.returncode == 1
     assert "gradient check FAILED" in proc.stdout
+
+
+def test_a_missing_extension_says_so() -> None:
+    # it read "cannot import name '_core' from partially initialized module ... (most likely due
+    # to a circular import)"
+    proc = run_python("-c", "import sys; sys.modules['chainrule._core'] = None; import chainrule")
+    assert proc.returncode == 1
+    assert "compiled core (the _core extension) cannot be loaded" in proc.stderr
+    assert "pip install ." in proc.stderr

@@ -4,7 +4,7 @@ Each demo is a function that trains, prints aligned tables to ``out`` and return
 :class:`DemoResult` whose ``metrics`` the tests check. ``python -m chainrule demo NAME`` and the
 scripts in ``examples/`` are thin command lines over :func:`run_cli`. xor, gradient_check and
 house_prices need only NumPy; binary_classification and digits load scikit-learn's bundled data
-sets (``pip install 'chainrule[examples]'``). Printed text is plain ASCII so any console shows it.
+sets (``pip install '.[examples]'`` in chainrule's source folder). Printed text is plain ASCII so any console shows it.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ __all__ = [
     "train_test_indices", "format_table", "INSTALL_HINT", "exit_quietly_on_broken_pipe",
 ]
 
-INSTALL_HINT = "pip install 'chainrule[examples]'"
+INSTALL_HINT = "pip install '.[examples]' (in chainrule's source folder), or pip install scikit-learn"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +60,11 @@ class DemoResult:
     model: Optional[Model] = None
     history: Optional[History] = None
     details: Dict[str, Any] = field(default_factory=dict)
+
+
+class DemoInputError(ValueError):
+    """Input a demo cannot run on (an unreadable CSV, a split that leaves a side empty, an
+    unwritable plot path): the command line prints ``error: ...`` and exits with 2."""
 
 
 class MissingExtraError(ImportError):
@@ -175,15 +180,20 @@ def train_test_indices(n: int, test_size: float, rng: np.random.Generator,
     if stratify is None:
         perm = rng.permutation(n)
         k = max(1, int(round(test_size * n)))
-        return perm[k:], perm[:k]
-    test = []
-    for c in np.unique(stratify):
-        idx = rng.permutation(np.flatnonzero(stratify == c))
-        test.append(idx[:int(round(test_size * len(idx)))])
-    test_idx = rng.permutation(np.concatenate(test))
-    mask = np.ones(n, dtype=bool)
-    mask[test_idx] = False
-    return rng.permutation(np.flatnonzero(mask)), test_idx
+        train, test_idx = perm[k:], perm[:k]
+    else:
+        test = []
+        for c in np.unique(stratify):
+            idx = rng.permutation(np.flatnonzero(stratify == c))
+            test.append(idx[:int(round(test_size * len(idx)))])
+        test_idx = rng.permutation(np.concatenate(test))
+        mask = np.ones(n, dtype=bool)
+        mask[test_idx] = False
+        train = rng.permutation(np.flatnonzero(mask))
+    if len(train) == 0 or len(test_idx) == 0:
+        raise DemoInputError(f"test_size={test_size:g} of {n} samples leaves {len(train)} for "
+                             f"training and {len(test_idx)} for testing; both need some")
+    return train, test_idx
 
 
 class Standardizer:
@@ -310,12 +320,16 @@ def gradient_check(n_inputs: int = 4, hidden: int = 6, n_outputs: int = 3, n_sam
         ``details["per_parameter"]`` maps each parameter name to its max relative error.
 
     Raises:
-        ValueError: an unknown loss or activation.
+        ValueError: an unknown loss or activation (DemoInputError: cross_entropy with fewer
+            than 2 outputs, whose gradients are all 0).
     """
     if loss not in _GRADCHECK_LOSSES:
         raise ValueError(f"loss must be one of {_GRADCHECK_LOSSES}, got {loss!r}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    if loss == "cross_entropy" and n_outputs < 2:
+        # softmax over one class is the constant 1: every gradient is 0, nothing is checked
+        raise DemoInputError(f"cross_entropy needs at least 2 outputs (classes), got {n_outputs}")
     say = _Printer(out)
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n_samples, n_inputs))
@@ -672,7 +686,10 @@ def _resolve_house_data(csv_path: Optional[str], synthetic: bool, offline: bool,
                         download_timeout: float, n_synthetic: int, seed: int,
                         say: _Printer) -> HouseData:
     if csv_path is not None:
-        return read_housing_csv(csv_path)
+        try:
+            return read_housing_csv(csv_path)
+        except (OSError, ValueError) as e:
+            raise DemoInputError(f"cannot use {csv_path} as house data: {e}") from None
     if not synthetic:
         data, why = _fetch_california(download_timeout, allow_download=not offline)
         if data is not None:
@@ -728,6 +745,9 @@ def house_prices(csv_path: Optional[str] = None, synthetic: bool = False, offlin
     n = len(data.target)
     rng = np.random.default_rng(seed)
     tr, te = train_test_indices(n, test_size, rng)
+    if len(te) < 2:  # R² compares the held-out targets with their own mean
+        raise DemoInputError(f"{n} rows with test_size={test_size:g} hold out {len(te)}; R² "
+                             "needs at least 2 held-out rows (more rows, or a larger test_size)")
     feats = HousingFeatures().fit(data, tr)
     Xtr, Xte = feats.transform(data, tr), feats.transform(data, te)
     ytr, yte = data.target[tr], data.target[te]
@@ -1036,9 +1056,9 @@ def build_parser(name: str, prog: Optional[str] = None,
         parser = argparse.ArgumentParser(prog=prog, description=doc)
     demo.add_arguments(parser)
     if name != "gradient_check":  # every other demo trains a model and keeps its History
+        what = "the loss curves and the decision boundary" if name == "xor" else "the loss curves"
         parser.add_argument("--plot", metavar="OUT.png", default=None,
-                            help="save the loss curves (and, for xor, the decision boundary) "
-                                 "as a PNG; needs matplotlib")
+                            help=f"save {what} as a PNG; needs matplotlib")
     return parser
 
 
@@ -1054,7 +1074,7 @@ def save_plot(result: DemoResult, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingExtraError("--plot needs matplotlib: pip install matplotlib (or "
-                                "pip install 'chainrule[examples]')") from None
+                                "pip install '.[examples]' in chainrule's source folder)") from None
     from .plot import plot_decision_boundary, plot_history
 
     boundary = result.name == "xor" and result.model is not None
@@ -1080,6 +1100,8 @@ def run_demo(name: str, options: Dict[str, Any], out: Optional[TextIO] = None) -
     options = dict(options)
     plot_path = options.pop("plot", None)
     try:
+        if plot_path:  # before training: a missing matplotlib or folder would waste the run
+            _check_plot_path(plot_path)
         result = DEMOS[name].run(out=out, **options)
         if plot_path:
             save_plot(result, plot_path)
@@ -1087,7 +1109,26 @@ def run_demo(name: str, options: Dict[str, Any], out: Optional[TextIO] = None) -
     except MissingExtraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (DemoInputError, MemoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0 if result.passed is not False else 1
+
+
+def _check_plot_path(path: str) -> None:
+    """Raises what save_plot would, before the demo runs: matplotlib missing, or no folder to
+    write path into."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("--plot needs matplotlib: pip install matplotlib (or "
+                                "pip install '.[examples]' in chainrule's source folder)") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DemoInputError(f"cannot save the plot to {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DemoInputError(f"cannot save the plot to {path}: the folder {folder} is not "
+                             "writable")
 
 
 def exit_quietly_on_broken_pipe(run: Callable[[], int]) -> int:

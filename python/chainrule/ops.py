@@ -15,7 +15,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _core
+try:
+    from . import _core
+except ImportError as e:  # a source tree without the built extension, or a broken install
+    raise ImportError(f"chainrule's compiled core (the _core extension) cannot be loaded: {e}. "
+                      "Install chainrule with pip install . from its source folder, or build "
+                      "it in place with ./dev-build.sh") from e
 from ._validation import check_bool, check_real, detached
 
 __all__ = [
