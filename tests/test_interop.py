@@ -389,6 +389,76 @@ def test_recurrent_sequential_refuses_what_it_cannot_run_batch_first():
         net(torch.zeros(4, 7, 2))
 
 
+@needs_torch
+def test_recurrent_sequential_flags_travel_with_their_modules():
+    # slicing rebuilt the container from its modules and reset every flag to True; insert and
+    # delete left the flags on the old indices
+    torch.manual_seed(0)
+    net = cr.interop.RecurrentSequential(nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2),
+                                         nn.Tanh(), return_sequences={0: False})
+    x = torch.zeros(2, 5, 3)
+    assert net[:2](x).shape == (2, 2) and net[:2].return_sequences == {0: False}
+    assert cr.from_torch(net[:2]).layers[0].return_sequences is False
+    net.insert(0, nn.Identity())
+    assert net.return_sequences == {1: False} and net(x).shape == (2, 2)
+    del net[0]
+    assert net.return_sequences == {0: False}
+    again = pickle.loads(pickle.dumps(net))
+    assert again.return_sequences == {0: False} and again(x).shape == (2, 2)
+    with pytest.raises(TypeError, match=r"return_sequences\[0\] must be a bool"):
+        cr.interop.RecurrentSequential(nn.GRU(2, 3, batch_first=True),
+                                       return_sequences={0: "no"})
+
+
+@needs_torch
+def test_what_a_torch_forward_would_change_is_refused():
+    class Residual(nn.Sequential):
+        def forward(self, x):
+            return x + super().forward(x)
+    with pytest.raises(ValueError, match="Residual subclasses nn.Sequential but overrides"):
+        cr.from_torch(Residual(nn.Linear(3, 3)))
+    hooked = nn.Linear(3, 2)
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(ValueError, match=r"module 1 \(Linear\) has forward hooks"):
+        cr.from_torch(nn.Sequential(nn.Linear(3, 3), hooked))
+    outer = nn.Sequential(nn.Linear(3, 2))
+    outer.register_forward_pre_hook(lambda m, i: None)
+    with pytest.raises(ValueError, match=r"the container \(Sequential\) has forward hooks"):
+        cr.from_torch(outer)
+    with pytest.raises(ValueError, match="forward hooks"):  # the old spectral_norm: a pre-hook
+        cr.from_torch([nn.utils.spectral_norm(nn.Linear(3, 2))])
+
+
+@needs_torch
+def test_meta_modules_are_refused_and_bfloat16_tensors_load():
+    with torch.device("meta"):
+        meta = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"module 0 .*on the meta device"):
+        cr.from_torch([meta])
+    model = cr.Model([cr.Dense(3, 2)], seed=0)
+    w = torch.randn(2, 3).to(torch.bfloat16)
+    model.load_state_dict({"0.weight": w, "0.bias": torch.zeros(2, dtype=torch.bfloat16)})
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], w.float().numpy())
+    with pytest.raises(ValueError, match="'0.weight' is on the meta device"):
+        model.load_state_dict({"0.weight": torch.empty(2, 3, device="meta"),
+                               "0.bias": torch.zeros(2)})
+
+
+@needs_torch
+def test_a_saved_file_without_its_optimizer_keys_is_the_torch_state_dict(tmp_path):
+    from safetensors.torch import load_file
+    model = cr.Model([cr.Dense(3, 4), cr.Tanh(), cr.Dense(4, 1)], optimizer=cr.Adam(), seed=0)
+    model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=1)  # Adam's moments exist now
+    model.save(tmp_path / "m.safetensors")
+    tensors = load_file(str(tmp_path / "m.safetensors"))
+    assert any(k.startswith("optimizer.") for k in tensors)
+    net = model.to_torch()
+    net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), model.predict(x),
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # to_torch edge cases, and life without torch
 # ---------------------------------------------------------------------------------------------

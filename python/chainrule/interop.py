@@ -64,6 +64,9 @@ def _import_torch(what: str) -> Any:
 _recurrent_sequential: Optional[type] = None
 
 
+_FLAG = "_chainrule_return_sequences"  # a recurrent module's flag in a RecurrentSequential
+
+
 def _recurrent_sequential_class() -> type:
     """RecurrentSequential, defined on first use so that importing chainrule never imports torch."""
     global _recurrent_sequential
@@ -79,10 +82,14 @@ def _recurrent_sequential_class() -> type:
         (batch, hidden) where ``return_sequences[i]`` is False, as chainrule's recurrent layers
         with ``return_sequences`` do. Other modules run as in ``nn.Sequential``.
 
+        Each recurrent module carries its own flag, so that slicing (``net[:2]``), ``insert``,
+        ``append`` and deletion keep every module's flag with the module.
+
         Args:
             *modules: the modules in order (or one OrderedDict of them, as ``nn.Sequential``).
             return_sequences: ``{index: bool}`` for the recurrent modules; an index left out
-                means True.
+                keeps the flag its module already carries (from another RecurrentSequential),
+                else True.
 
         Raises:
             ValueError: return_sequences names a module that is not recurrent.
@@ -97,7 +104,16 @@ def _recurrent_sequential_class() -> type:
                 if i not in rec:
                     raise ValueError(f"return_sequences names module {i!r}, which is not a "
                                      f"recurrent module; the recurrent modules are {rec}")
-            self.return_sequences: Dict[int, bool] = {i: bool(flags.get(i, True)) for i in rec}
+            for i in rec:
+                flag = (check_bool(f"return_sequences[{i}]", flags[i]) if i in flags
+                        else getattr(self[i], _FLAG, True))
+                object.__setattr__(self[i], _FLAG, flag)  # a plain attribute, not a submodule
+
+        @property
+        def return_sequences(self) -> Dict[int, bool]:
+            """``{index: flag}`` of the recurrent modules, as they stand now."""
+            return {i: getattr(m, _FLAG, True) for i, m in enumerate(self)
+                    if isinstance(m, nn.RNNBase)}
 
         def forward(self, x: Any) -> Any:
             for i, m in enumerate(self):
@@ -110,7 +126,7 @@ def _recurrent_sequential_class() -> type:
                                      f"3-D input, got batch_first={m.batch_first} and an input "
                                      f"of shape {tuple(x.shape)}")
                 x = m(x)[0]
-                if not self.return_sequences.get(i, True):
+                if not getattr(m, _FLAG, True):
                     x = x[:, -1]
             return x
 
@@ -132,6 +148,16 @@ def __getattr__(name: str) -> Any:
 
 
 # ---------------------------------------------------------------- torch -> chainrule
+def _refuse_hooks(where: str, m: Any) -> None:
+    """Forward hooks change what a module computes (the old nn.utils.spectral_norm computes the
+    weight in one); only the module's own forward and parameters convert."""
+    hooks = [k for k in ("_forward_hooks", "_forward_pre_hooks") if getattr(m, k, None)]
+    if hooks:
+        raise ValueError(f"{where} ({type(m).__name__}) has forward hooks ({', '.join(hooks)}), "
+                         "which change its outputs and do not convert; remove them (spectral_norm:"
+                         " use torch.nn.utils.parametrizations.spectral_norm, which converts)")
+
+
 def _layer_from_module(i: int, m: Any, nn: Any, return_sequences: bool
                        ) -> Tuple[Layer, List[str]]:
     """The chainrule layer for torch module m (at index i) and its parameter attribute names."""
@@ -152,9 +178,14 @@ def _layer_from_module(i: int, m: Any, nn: Any, return_sequences: bool
     if type(m).forward is not base.forward:
         raise unsupported(f"{type(m).__name__} subclasses nn.{base.__name__} but overrides "
                           "forward, so its outputs may differ")
+    if any(p.is_meta for p in m.parameters()):
+        raise unsupported("its parameters are on the meta device (shapes without data); "
+                          "materialize them first (e.g. module.to_empty(device='cpu') and an "
+                          "initialization)")
     if any(nn.parameter.is_lazy(p) for p in m.parameters()):
         raise unsupported("its parameters are not initialized yet (a lazy module); run one "
                           "forward through it first")
+    _refuse_hooks(f"module {i}", m)  # (after the lazy check: a lazy module's hook builds it)
 
     if base is nn.Linear:
         bias = m.bias is not None
@@ -206,11 +237,8 @@ def _layer_from_module(i: int, m: Any, nn: Any, return_sequences: bool
 def _return_sequences(module: Any, modules: List[Any], nn: Any,
                       return_sequences: _ReturnSequences) -> Dict[int, bool]:
     rec = [i for i, m in enumerate(modules) if isinstance(m, nn.RNNBase)]
-    if return_sequences is None:
-        saved = getattr(module, "return_sequences", None)
-        if isinstance(module, _recurrent_sequential_class()) and isinstance(saved, dict):
-            return {i: bool(saved.get(i, True)) for i in rec}
-        return {i: True for i in rec}
+    if return_sequences is None:  # the flags the modules carry (from a RecurrentSequential)
+        return {i: bool(getattr(modules[i], _FLAG, True)) for i in rec}
     if isinstance(return_sequences, (bool, np.bool_)):
         return {i: bool(return_sequences) for i in rec}
     if not isinstance(return_sequences, Mapping):
@@ -232,7 +260,9 @@ def _infer_dtype(tensors: Dict[str, Any], th: Any) -> str:
                          "dtype='float64' to convert them all to one")
     dt = next(iter(tensors.values())).dtype
     if dt not in (th.float32, th.float64):
-        raise ValueError(f"the parameters are {dt}, but chainrule computes in float32 or float64; "
+        first = next(iter(tensors))
+        raise ValueError(f"the parameters are {dt} (the first, {first!r}, from module "
+                         f"{first.split('.')[0]}), but chainrule computes in float32 or float64; "
                          "pass dtype='float32' or dtype='float64' to convert them")
     return "float32" if dt == th.float32 else "float64"
 
@@ -269,6 +299,14 @@ def from_torch(module: Any, loss: Union[str, Loss] = "mse",
     """
     th = _import_torch("from_torch")
     nn = th.nn
+    if isinstance(module, nn.Sequential) and not isinstance(module,
+                                                            _recurrent_sequential_class()):
+        if type(module).forward is not nn.Sequential.forward:
+            raise ValueError(f"{type(module).__name__} subclasses nn.Sequential but overrides "
+                             "forward, so its outputs may differ from its modules run in order; "
+                             f"chainrule converts {SUPPORTED}.")
+    if isinstance(module, (nn.Sequential, nn.ModuleList)):  # (each module is checked below)
+        _refuse_hooks("the container", module)
     if isinstance(module, (nn.Sequential, nn.ModuleList, list, tuple)):
         modules = list(module)
     elif isinstance(module, nn.Module):
@@ -298,7 +336,7 @@ def from_torch(module: Any, loss: Union[str, Loss] = "mse",
                                f"{list(tensors)}")
         tdtype = th.float32 if model.dtype == np.float32 else th.float64
         model.load_state_dict({n: t.detach().to(device="cpu", dtype=tdtype).numpy()
-                               for n, t in tensors.items()})
+                               for n, t in tensors.items()})  # (meta refused per module above)
     return model
 
 

@@ -1,11 +1,17 @@
 """Saving and loading models: the safetensors layout, with the architecture in its metadata.
 
-A file holds every parameter under its PyTorch name (so ``safetensors.torch.load_file`` gives a
-state dict PyTorch loads), the optimizer state under ``optimizer.<param>.<buffer>``, and in the
+A file holds every parameter under its PyTorch name, the optimizer state (when the optimizer has
+any) under ``optimizer.<param>.<buffer>``, and in the
 metadata the format version, the architecture as JSON, the generator state and a SHA-256 checksum
 over the tensors and the rest of the metadata. Loading never unpickles or executes anything: the header is size-capped JSON,
 every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
 Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
+
+Into PyTorch: the file is plain safetensors, and without the optimizer's tensors it is the
+network's state dict::
+
+    tensors = safetensors.torch.load_file(path)
+    net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
 """
 from __future__ import annotations
 

@@ -85,6 +85,18 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(_r2_from_sums(ss_res, ss_tot)))
 
 
+def _tensor_to_numpy(what: str, t: Any) -> np.ndarray:
+    """A torch tensor's values as an ndarray: bfloat16 (which NumPy lacks) widened exactly to
+    float32; a tensor on the meta device (no data) refused by name."""
+    t = t.detach()
+    if getattr(t, "is_meta", False):
+        raise ValueError(f"{what} is on the meta device: it has a shape but no values to load")
+    t = t.cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()
+    return t.numpy()
+
+
 class IncompatibleKeys(NamedTuple):
     """What :meth:`Model.load_state_dict` did not load (torch's ``_IncompatibleKeys``)."""
     missing_keys: List[str]
@@ -779,7 +791,7 @@ class Model:
         and the given shape, for a parameter or an optimizer buffer named by what."""
         want = tuple(shape)
         if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().numpy()
+            v = _tensor_to_numpy(what, v)
         try:
             a = np.asarray(v)
         except ValueError:  # ragged nested lists
@@ -1226,7 +1238,9 @@ class Model:
     def save(self, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
         """Saves architecture, weights and optimizer state to a safetensors file, atomically
         (a temporary file in the same folder, fsync, rename): a crash never leaves a
-        half-written file, and the weights load straight into PyTorch."""
+        half-written file. The weights carry PyTorch's names; the optimizer's tensors sit
+        beside them under ``optimizer.``, which a torch load_state_dict leaves out (see
+        :mod:`chainrule.io`)."""
         from .io import save
         save(self, path)
 
