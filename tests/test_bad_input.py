@@ -528,3 +528,23 @@ def test_thread_count_has_an_upper_bound():
             cr.set_num_threads(n)
     cr.set_num_threads(1024)
     assert cr.get_num_threads() == 1024
+
+
+def test_real_valued_arguments_take_any_real_number_type():
+    # 0-d arrays, NumPy and torch scalars, Decimal and Fraction are real numbers too; torch's
+    # clip_grad_norm_ also takes norm_type='inf'
+    from decimal import Decimal
+    from fractions import Fraction
+    m = cr.Model([cr.Dense(2, 1)], seed=0)
+    X, y = np.ones((8, 2)), np.ones((8, 1))
+    for v in (np.array(0.5), np.float32(0.5), Decimal("0.5"), Fraction(1, 2)):
+        m.fit(X, y, clip_grad_norm=v, clip_grad_value=v, validation_split=v / 2)
+        m.clip_grad_value(v)
+    m.forward(X)
+    m.backward(y)
+    largest = max(np.abs(g).max() for g in m.grads.values())
+    assert m.clip_grad_norm(1.0, norm_type="inf") == pytest.approx(largest, rel=1e-6)
+    with pytest.raises(TypeError, match="max_norm must be a real number, got ndarray"):
+        m.clip_grad_norm(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="clip_value must be a real number, got complex"):
+        m.clip_grad_value(1 + 0j)

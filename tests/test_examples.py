@@ -343,3 +343,9 @@ def test_a_missing_extension_says_so() -> None:
     assert proc.returncode == 1
     assert "compiled core (the _core extension) cannot be loaded" in proc.stderr
     assert "pip install ." in proc.stderr
+
+
+def test_plot_path_that_is_a_folder_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "xor", "--plot", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "it is a folder; name a file" in captured.err and "epoch" not in captured.out

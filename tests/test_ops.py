@@ -639,3 +639,15 @@ def test_core_activation_may_work_in_place():
     dy = np.array([[3.0, 4.0]])
     _core.activation_backward(dy, dy, x, x, "relu", 0.01)
     np.testing.assert_array_equal(dy, [[0.0, 4.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_of_a_large_negative_logit_and_a_soft_target_does_not_cancel(dtype):
+    # (1 - t) x - min(x, 0) cancelled: float32 x = -1e4, t = 1e-5 gave 0.1006 for 0.1 (torch's
+    # formula cancels the same way); -t x + log1p(e^-|x|) is the same value, exactly
+    x = np.array([[-1e4, -300.0, 50.0]], dtype=dtype)
+    t = np.array([[1e-5, 0.25, 0.9]], dtype=dtype)
+    xd, td = x.astype(np.float64), t.astype(np.float64)
+    exact = np.where(xd > 0, (1 - td) * xd, -td * xd) + np.log1p(np.exp(-np.abs(xd)))
+    total = ops.loss("bce_with_logits", x, t, reduction="sum")
+    np.testing.assert_allclose(total, exact.sum(), rtol=4 * np.finfo(dtype).eps)

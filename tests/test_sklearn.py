@@ -789,8 +789,8 @@ def test_coefs_and_intercepts_can_be_assigned_as_in_sklearn(iris):
     assert all((c == 0).all() for c in est.coefs_)
     with pytest.raises(ValueError, match="coefs_ must hold 2 arrays"):
         est.coefs_ = [np.zeros((4, 4))]
-    with pytest.raises(ValueError, match="coefs_ does not fit the network's layers"):
-        est.coefs_ = [np.zeros((4, 3)), np.zeros((4, 3))]
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(3, 4\), expected \(4, 4\)"):
+        est.coefs_ = [np.zeros((3, 4)), np.zeros((4, 3))]  # (iris: 4 features, 4 hidden)
     with pytest.raises(TypeError, match="coefs_ must be a list of 2 arrays"):
         est.coefs_ = np.zeros((4, 4))
     with pytest.raises(AttributeError, match="set by fit"):

@@ -433,7 +433,9 @@ void Network<T>::step_impl() {
       step_slices(p, [&](index_t lo, index_t hi) {
         return sgd_step(w + lo, g + lo, buf ? buf + lo : nullptr, has_buf, hi - lo, opt_.sgd);
       });
-      p->has_buf = opt_.sgd.momentum != 0;
+      // A step without momentum leaves the buffer as it was, for momentum switched on again
+      // (torch keeps momentum_buffer in the state while a param_group's momentum is 0).
+      if (opt_.sgd.momentum != 0) p->has_buf = true;
     } else {
       T *m = p->buf.data(), *v = p->buf2.data(), *vmax = p->buf3.size() ? p->buf3.data() : nullptr;
       step_slices(p, [&](index_t lo, index_t hi) {

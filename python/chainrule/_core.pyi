@@ -190,7 +190,7 @@ def gemm_set_isa(name: str) -> None:
     """Switches the GEMM ISA path (tests run every one)."""
 def all_finite(x: np.ndarray) -> bool:
     """True when no element of x (float32 or float64, C-contiguous, any shape) is NaN or +-inf."""
-def fsync_dir(path: str) -> bool:
+def fsync_dir(path: str | bytes) -> bool:
     """fsync of a folder (after a rename in it); False where that fails."""
 def available_memory() -> int:
     """Bytes this process can still allocate and touch (MemAvailable + SwapFree, within the

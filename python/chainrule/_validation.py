@@ -138,13 +138,18 @@ def _short(value: Any) -> str:
 
 
 def check_real(name: str, value: Any) -> float:
-    """value as a float: an int, a float or a NumPy real number (not a bool, a string or None)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    """value as a float: a real number of any kind float() takes (int, float, NumPy and torch
+    scalars and 0-d arrays, Decimal, Fraction), but not a bool, a string, None or a complex."""
+    if (isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating))
+            or not (isinstance(value, numbers.Real) or hasattr(value, "__float__"))):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     try:
         return float(value)
     except OverflowError:
         raise ValueError(f"{name} must be within the float range, got {_short(value)}") from None
+    except (TypeError, ValueError):  # __float__ refused it (an array of several values)
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                        f"{_short(value)}") from None
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False,

@@ -1123,6 +1123,9 @@ def _check_plot_path(path: str) -> None:
     except ImportError:
         raise MissingExtraError("--plot needs matplotlib: pip install matplotlib (or "
                                 "pip install '.[examples]' in chainrule's source folder)") from None
+    if os.path.isdir(path):
+        raise DemoInputError(f"cannot save the plot to {path}: it is a folder; name a file, "
+                             f"e.g. {os.path.join(path, 'plot.png')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise DemoInputError(f"cannot save the plot to {path}: the folder {folder} does not exist")

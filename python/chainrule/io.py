@@ -324,7 +324,10 @@ def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
         except OSError:
             pass
         raise
-    _core.fsync_dir(folder)  # make the rename itself durable (best effort)
+    try:  # make the rename itself durable (best effort: the file is in place already)
+        _core.fsync_dir(os.fsencode(folder))  # bytes: any name the file system has
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def load(path: Union[str, "os.PathLike[str]"]) -> Any:

@@ -597,6 +597,8 @@ class Model:
         max_norm = check_real("max_norm", max_norm)
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        if isinstance(norm_type, str) and norm_type.lower() in ("inf", "+inf"):
+            norm_type = float("inf")  # torch.nn.utils.clip_grad_norm_ takes 'inf' too
         norm_type = check_real("norm_type", norm_type)
         if not norm_type > 0:
             raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
@@ -1140,7 +1142,14 @@ class Model:
 
     # ------------------------------------------------------------------ persistence
     def get_config(self) -> Dict[str, Any]:
-        """The architecture as JSON-able data: layers (with inferred sizes), loss, optimizer."""
+        """The architecture as JSON-able data: layers (with inferred sizes), loss, optimizer.
+
+        Raises:
+            ValueError: the optimizer's hyper-parameters, changed in place, no longer fit
+                together (SGD's nesterov without momentum): what would be saved could not be
+                loaded.
+        """
+        self._optimizer._validate()
         layers = []
         f = self._in_features
         for layer in self._layers:
@@ -1196,7 +1205,9 @@ class Model:
 
     @_exclusive
     def load_optimizer_state(self, state: Dict[str, Any]) -> None:
-        """Restores what :meth:`optimizer_state` returned (shapes are checked first)."""
+        """Restores what :meth:`optimizer_state` returned (shapes are checked first). Like
+        torch's ``optimizer.load_state_dict`` it replaces the whole state: a buffer the state
+        lacks starts afresh (SGD's momentum from the next gradient, Adam's moments from 0)."""
         net = self._require_net()
         names = _STATE_NAMES[self._optimizer.kind]
         if not isinstance(state, Mapping):
@@ -1232,6 +1243,17 @@ class Model:
             net.set(n, key, a)
             if key == "buf" and self._optimizer.kind == "sgd":
                 net.set_has_buf(n, True)
+        # The state replaces the whole state, as torch's optimizer.load_state_dict does: a
+        # buffer it lacks starts afresh (momentum from the next gradient, Adam's from zeros).
+        loaded = {(n, key) for n, key, _ in staged}
+        for n in net.param_names():
+            for key in names:
+                if (n, key) in loaded:
+                    continue
+                if self._optimizer.kind == "sgd":
+                    net.set_has_buf(n, False)
+                elif (current := net.get(n, key)) is not None:
+                    net.set(n, key, np.zeros_like(current))
         net.optimizer_steps = int(step)
 
     @_shared

@@ -804,15 +804,15 @@ class _MLP(_Network):
         if len(values) != len(names):
             raise ValueError(f"{attr} must hold {len(names)} arrays, one per layer; got "
                              f"{len(values)}")
+        current = getattr(self, attr)
         new = {}
-        for name, v in zip(names, values):
+        for i, (name, v, now) in enumerate(zip(names, values, current)):
             a = np.asarray(v)
-            new[name] = a.T if transpose and a.ndim == 2 else a
-        try:
-            model.load_state_dict(new, strict=False)
-        except ValueError as e:
-            raise ValueError(f"{attr} does not fit the network's layers: {e} (layout: "
-                             f"{'(n_in, n_out)' if transpose else '(n_out,)'} per layer)") from None
+            if a.shape != now.shape:  # in the caller's layout, before any transpose
+                raise ValueError(f"{attr}[{i}] has shape {a.shape}, expected {now.shape} "
+                                 f"({'(n_in, n_out)' if transpose else '(n_out,)'} per layer)")
+            new[name] = a.T if transpose else a
+        model.load_state_dict(new, strict=False)
 
     @property
     def n_layers_(self) -> int:
