@@ -795,3 +795,31 @@ def test_coefs_and_intercepts_can_be_assigned_as_in_sklearn(iris):
         est.coefs_ = np.zeros((4, 4))
     with pytest.raises(AttributeError, match="set by fit"):
         MLPClassifier().coefs_ = [np.zeros((4, 4))]
+
+
+@pytest.mark.parametrize("make", ["mlp", "rnn"])
+def test_a_dtype_set_after_fit_waits_for_the_next_fit(make, iris):
+    # predict read X in the new dtype: a float64 fit then predicted from float32-rounded inputs
+    if make == "mlp":
+        X, y = iris
+        est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+    else:
+        X, y = sequences(60)[0], sequences(60)[2]
+        est = RNNClassifier(hidden_size=4, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    before = est.predict_proba(X)
+    est.set_params(dtype="float32")
+    np.testing.assert_array_equal(est.predict_proba(X), before)
+
+
+def test_multilabel_partial_fit_needs_classes_as_in_sklearn():
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    Y = (X[:, :2] > 0).astype(int)
+    for est in (MLPClassifier(hidden_layer_sizes=(3,), random_state=0),
+                SkMLPClassifier(hidden_layer_sizes=(3,), random_state=0)):
+        with pytest.raises(ValueError, match="classes must be passed on the first call"):
+            est.partial_fit(X, Y)
+        est.partial_fit(X, Y, classes=[0, 1])
+        assert list(est.classes_) == [0, 1]

@@ -469,6 +469,12 @@ class _Network(BaseEstimator):
             self.best_validation_score_ = score
             self._best_state = model.state_dict()
 
+    def _input_dtype(self) -> np.dtype:
+        """The dtype X is read in for prediction: the fitted network's (a dtype set since, by
+        set_params, applies at the next fit, as every parameter does), else the parameter's."""
+        model = self.__dict__.get("model_")
+        return np.dtype(model.dtype) if model is not None else _np_dtype(self.dtype)
+
     def _outputs(self, X: Any) -> np.ndarray:
         """The network's output layer (logits for classifiers) for X, after validation."""
         check_is_fitted(self)
@@ -595,8 +601,9 @@ class _Classifier(_Network):
         Args:
             sample_weight: not supported (scikit-learn's position for it, so that a call
                 written for scikit-learn fails clearly instead of reading weights as classes).
-            classes: every class that y may hold over all calls; needed on the first call
-                (not for a multilabel indicator y), optional later.
+            classes: every class that y may hold over all calls; needed on the first call, as
+                in scikit-learn (for a multilabel indicator y the labels are its columns, and
+                classes only has to be given), optional later.
         """
         _no_sample_weight(sample_weight)
         return self._fit(X, y, incremental=True, classes=classes)
@@ -757,7 +764,7 @@ class _MLP(_Network):
                              dtype=_np_dtype(self.dtype), reset=reset)
 
     def _validate_X(self, X: Any) -> np.ndarray:
-        return validate_data(self, X, dtype=_np_dtype(self.dtype), reset=False)
+        return validate_data(self, X, dtype=self._input_dtype(), reset=False)
 
     def _dense_names(self) -> List[Tuple[str, str]]:
         return [(f"{i}.weight", f"{i}.bias") for i, layer in enumerate(self.model_.layers)
@@ -955,7 +962,8 @@ class _RecurrentNet(_Network):
         return {"bptt_memory": self.bptt_memory}
 
     def _check_sequences(self, X: Any, reset: bool) -> np.ndarray:
-        X = check_array(X, allow_nd=True, ensure_2d=False, dtype=_np_dtype(self.dtype),
+        X = check_array(X, allow_nd=True, ensure_2d=False,
+                        dtype=_np_dtype(self.dtype) if reset else self._input_dtype(),
                         input_name="X")
         if X.ndim != 3:
             raise ValueError(
