@@ -631,3 +631,21 @@ def test_training_r2_survives_targets_far_from_zero(offset):
     hist = model.fit(X, y, epochs=1, batch_size=10, shuffle=False)  # 10 batches, a short last
     assert hist.r2[0] == pytest.approx(want, rel=1e-9)
     assert model.evaluate(X, y)["r2"] == pytest.approx(want, rel=1e-12)
+
+
+def test_grad_norm_max_keeps_a_nan_norm_as_torch_max_would():
+    # with on_nonfinite="ignore" a NaN pre-clip norm was dropped by std::max: the epoch showed a
+    # NaN mean beside a finite (or 0) maximum. A relu RNN whose states overflow float32 makes
+    # inf - inf in the gradients.
+    g = np.random.default_rng(2)
+    X = np.abs(g.normal(size=(8, 12, 2))).astype(np.float32) + 1
+    Y = g.normal(size=(8, 12, 1)).astype(np.float32)
+    model = cr.Model([cr.RNN(2, 4, nonlinearity="relu"), cr.Dense(4, 1)], dtype="float32", seed=1)
+    sd = model.state_dict()
+    sd["0.weight_hh_l0"] = np.full((4, 4), 30.0, np.float32)
+    model.load_state_dict(sd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hist = model.fit(X, Y, epochs=1, batch_size=4, shuffle=False, on_nonfinite="ignore",
+                         clip_grad_norm=1.0)
+    assert np.isnan(hist.grad_norm[0]) and np.isnan(hist.grad_norm_max[0])

@@ -646,7 +646,10 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     return false;
   }
   if (opt.clip.max_norm > 0) {
-    st.grad_norm_max = std::max(st.grad_norm_max, norm);
+    // A NaN norm (on_nonfinite="ignore") is the largest: std::max(a, NaN) would drop it, and
+    // the epoch's maximum would read finite beside a NaN mean, as torch's max of them is not.
+    if (!std::isnan(st.grad_norm_max) && (std::isnan(norm) || norm > st.grad_norm_max))
+      st.grad_norm_max = norm;
     st.grad_norm_sum += norm;
   }
   accumulate_metric(st, loss_.kind, acts_.back().data(), yf, yi, bs * shapes_.back().rows(),
