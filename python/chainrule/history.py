@@ -18,8 +18,8 @@ class History:
         stopped_early: early stopping ended the run.
         best_epoch: with early stopping, the epoch of the best monitored value (the weights kept
             when ``restore_best_weights``), else None.
-        nonfinite: the run met a NaN/inf loss, gradient or update, as ``(epoch, batch)``, else
-            None.
+        nonfinite: the run met a NaN/inf loss, gradient or update, as ``(epoch, batch)``
+            counted from 0 (the warning and error messages count from 1), else None.
         interrupted: a callback or Ctrl-C stopped the run.
     """
 

@@ -279,7 +279,10 @@ class LSTM(_Recurrent):
     ``i,f,o = σ(·), g = tanh(·), c_t = f⊙c_{t−1} + i⊙g, h_t = o⊙tanh(c_t)``.
 
     Parameters per stacked layer k: ``weight_ih_l{k}`` (4H, I_k), ``weight_hh_l{k}`` (4H, H),
-    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H). See :class:`RNN` for the arguments.
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H).
+
+    Args: ``LSTM(input_size, hidden_size, num_layers=1, bias=True, return_sequences=True)``, as
+    :class:`RNN`'s without ``nonlinearity`` (so the third positional argument is num_layers).
     """
 
     _kind = "lstm"
@@ -290,7 +293,10 @@ class GRU(_Recurrent):
     ``r,z = σ(·), n = tanh(x W_inᵀ + b_in + r⊙(h W_hnᵀ + b_hn)), h_t = (1−z)⊙n + z⊙h_{t−1}``.
 
     Parameters per stacked layer k: ``weight_ih_l{k}`` (3H, I_k), ``weight_hh_l{k}`` (3H, H),
-    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H). See :class:`RNN` for the arguments.
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H).
+
+    Args: ``GRU(input_size, hidden_size, num_layers=1, bias=True, return_sequences=True)``, as
+    :class:`RNN`'s without ``nonlinearity`` (so the third positional argument is num_layers).
     """
 
     _kind = "gru"

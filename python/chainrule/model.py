@@ -202,8 +202,10 @@ class Model:
         seed: seeds the model's own generator (initial weights and shuffling); None draws one.
 
     Raises:
-        ValueError: unknown names, sizes that do not fit together, a bad dtype or seed.
-        TypeError: layers that are not Layer objects.
+        ValueError: unknown names, sizes that do not fit together, a bad dtype, a seed out of
+            range.
+        TypeError: layers that are not Layer objects; a seed, loss or optimizer of the wrong
+            type.
     """
 
     def __init__(self, layers: Sequence[Layer], loss: Union[str, Loss] = "mse",
