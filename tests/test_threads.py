@@ -1,5 +1,7 @@
 """The thread pool: results do not depend on the thread count, and the pool survives fork."""
 import multiprocessing as mp
+import os
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +118,22 @@ def test_wide_regression_history_same_bits_for_1_2_3_threads():
         assert hist == results[0][1]
         for k in sd:
             assert np.array_equal(sd[k], results[0][0][k]), k
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"CHAINRULE_NUM_THREADS": "abc"}, "CHAINRULE_NUM_THREADS='abc' is not a whole number"),
+    ({"CHAINRULE_NUM_THREADS": "5000"}, r"in \[1, 1024\]; ignored"),
+    ({"CHAINRULE_ISA": "AVX2"}, "CHAINRULE_ISA='AVX2' is not one of this CPU's paths"),
+])
+def test_an_environment_setting_the_core_ignores_is_reported(env, message):
+    # the core falls back to its default (always correct); a typo no longer passes silently
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", "import chainrule"], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=120)
+    assert proc.returncode == 0 and re.search(message, proc.stderr), proc.stderr
+    ok = subprocess.run([sys.executable, "-c", "import chainrule"], capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "CHAINRULE_NUM_THREADS": "1",
+                             "CHAINRULE_ISA": "baseline"})
+    assert ok.returncode == 0 and "RuntimeWarning" not in ok.stderr, ok.stderr

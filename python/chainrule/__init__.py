@@ -55,6 +55,29 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"n must be in [1, {ops._core.MAX_THREADS}], got {n}")
     ops._core.set_num_threads(int(n))
 
+def _warn_about_ignored_environment() -> None:
+    """The core ignores a CHAINRULE_NUM_THREADS or CHAINRULE_ISA it cannot use (the default is
+    always correct); say so, rather than let a typo pass as a setting."""
+    import os
+    import re
+    import warnings
+
+    threads = os.environ.get("CHAINRULE_NUM_THREADS")
+    if threads is not None:
+        m = re.fullmatch(r"\s*[+-]?\d+", threads)  # what the core's strtol takes whole
+        if not (m and 1 <= int(threads) <= ops._core.MAX_THREADS):
+            warnings.warn(f"CHAINRULE_NUM_THREADS={threads!r} is not a whole number in [1, "
+                          f"{ops._core.MAX_THREADS}]; ignored, using {get_num_threads()} threads",
+                          RuntimeWarning, stacklevel=3)
+    isa = os.environ.get("CHAINRULE_ISA")
+    if isa is not None and isa not in ops.supported_isas():
+        warnings.warn(f"CHAINRULE_ISA={isa!r} is not one of this CPU's paths "
+                      f"{list(ops.supported_isas())}; ignored, using {ops.gemm_isa()!r}",
+                      RuntimeWarning, stacklevel=3)
+
+
+_warn_about_ignored_environment()
+
 __all__ = [
     "__version__", "Model", "History", "Callback", "EarlyStopping", "NotFittedError",
     "Layer", "Dense", "RNN", "LSTM", "GRU", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "LogSoftmax",
