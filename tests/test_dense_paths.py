@@ -132,12 +132,14 @@ def test_backward_after_fit_accumulates_again():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("B,I,O", [(130, 64, 70), (100, 300, 200), (40, 784, 256), (256, 90, 33),
                                    (256, 16, 512), (600, 12, 100), (1000, 8, 70),
-                                   (1, 1000, 700), (4, 300, 500)])
+                                   (1, 1000, 700), (4, 300, 500),
+                                   (70000, 32, 1), (5003, 450, 1)])  # one output, > 2^21 x*W
 def test_dense_larger_products_same_bits_for_any_thread_count(dtype, threads, B, I, O):
     """Products above the small path go over the pool in row blocks with the other operand
     packed once, thin small-path products above 2^19 multiply-adds (BPTT's input projections)
-    in row ranges, and forwards of 1-4 rows in column ranges: the GEMM's bits for every thread
-    count (shrunk blocks: several kc and nc)."""
+    in row ranges, forwards of 1-4 rows in column ranges, and one-output forwards of any size
+    as a GEMV in row ranges: the GEMM's bits for every thread count (shrunk blocks: several kc
+    and nc)."""
     before = _core.get_num_threads()
     try:
         for blocking in [(0, 0, 0), (24, 50, 64)]:

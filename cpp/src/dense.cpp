@@ -670,7 +670,9 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   }
   const T beta = b ? T(1) : T(0);
   const bool few = B <= 4 && small_path_available();
-  const bool gemv = !few && O == 1 && B * I <= 2097152 && small_path_available();
+  // (One output at any size: the GEMM would compute a whole 32-column tile for it, 32 times the
+  // multiply-adds; 100,000 rows x 32 inputs took 8x torch's time.)
+  const bool gemv = !few && O == 1 && small_path_available();
   const bool small = !few && !gemv && small_product(B, O, I);
   if (b && (few || gemv)) broadcast_bias(y, b, B, O);  // else in the products below
   // A few rows (single-sample predict): read W in place, through register transposes that bound
@@ -683,9 +685,12 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   }
   // One output (a regression head on every time step, B = batch * time rows): y^T = W x^T is
   // the same GEMV with the roles swapped, and y (B, 1) is laid out as y^T (1, B). Each y_r is
-  // still sum over i of fma(x_ri, W_i) in i order: the same bits.
+  // still sum over i of fma(x_ri, W_i) in i order: the same bits. Rows split over the pool in
+  // whole vectors; each element keeps its k loop, so any split gives the same bits.
   else if (gemv)
-    small_gemv_bt<T>(1, B, I, T(1), W, I, x, I, beta, y, B);
+    parallel_ranges(B, 16, small_pieces(B, 1, I), [=](std::int64_t r0, std::int64_t r1) {
+      small_gemv_bt<T>(1, r1 - r0, I, T(1), W, I, x + r0 * I, I, beta, y + r0, B);
+    });
   else if (small)
     small_gemm_rows<T>(B, O, I, T(1), x, I, 1, transposed(W, I, O), O, beta, y, O, b);
   else
