@@ -147,10 +147,10 @@ constexpr KernelTable kAvx512{
     "avx512",
     {14, 32, &isa_v4::ukernel_avx512_f32_14x32, &isa_v4::pack_panels_f32, "avx512_f32_14x32"},
     {8, 32, &isa_v4::ukernel_avx512_f32_8x32, &isa_v4::pack_panels_f32, "avx512_f32_8x32",
-     &isa_v4::ukernel_avx512_f32_8x32_sa},
+     &isa_v4::ukernel_avx512_f32_8x32_sa, &isa_v4::ukernel_avx512_f32_1x32_sa},
     {14, 16, &isa_v4::ukernel_avx512_f64_14x16, &isa_v4::pack_panels_f64, "avx512_f64_14x16"},
     {8, 16, &isa_v4::ukernel_avx512_f64_8x16, &isa_v4::pack_panels_f64, "avx512_f64_8x16",
-     &isa_v4::ukernel_avx512_f64_8x16_sa}};
+     &isa_v4::ukernel_avx512_f64_8x16_sa, &isa_v4::ukernel_avx512_f64_1x16_sa}};
 constexpr const KernelTable* kTables[] = {&kBaseline, &kAvx2, &kAvx512};
 #else
 constexpr const KernelTable* kTables[] = {&kBaseline};
@@ -443,7 +443,12 @@ void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t
           const index_t mb = std::min(mc, m1 - ic);
           auto a_at = [&](index_t i) { return A + i * ars + pc * acs; };
           const index_t full = in_place ? mb / MR * MR : 0;  // rows read in place
-          if (full < mb) pack_a(uk.pack, MR, ta, mb - full, kb, a_at(ic + full), lda, Ap);
+          // A last 1-3 rows read in place one at a time too, where the path has a one-row
+          // kernel: padded to MR rows they cost MR rows of multiply-adds (a batch of one in
+          // the recurrent time loop: 8 times the work). Same arithmetic per element.
+          const bool rows_in_place = in_place && uk.run_row && mb - full <= 3;
+          if (full < mb && !rows_in_place)
+            pack_a(uk.pack, MR, ta, mb - full, kb, a_at(ic + full), lda, Ap);
           // loop 2: jr over this range's micro-panels; loop 1: ir over MR rows
           for (index_t jr = j_lo - jc; jr < j_hi - jc; jr += NR) {
             const index_t n = std::min(NR, nb - jr);
@@ -452,6 +457,10 @@ void gemm_prepacked_range(const MicroKernel<T>& uk, index_t mc, bool ta, index_t
               if (ir < full)
                 uk.run_sa(kb, alpha, a_at(ic + ir), ars, acs, block + jr * kb, beta_k, c, ldc,
                           MR, n);
+              else if (rows_in_place)
+                for (index_t i = ir; i < mb; ++i)
+                  uk.run_row(kb, alpha, a_at(ic + i), ars, acs, block + jr * kb, beta_k,
+                             c + (i - ir) * ldc, ldc, 1, n);
               else
                 uk.run(kb, alpha, Ap + (ir - full) * kb, block + jr * kb, beta_k, c, ldc,
                        std::min(MR, mb - ir), n);

@@ -66,6 +66,9 @@ struct MicroKernel {
   PackFn<T> pack;  // packs both operands for this kernel's path
   const char* name;
   UkernelSA<T> run_sa = nullptr;  // the strided twin, where the path has one
+  // One row of op(A) read in place (m == 1), where the path has it: a product's last rows
+  // (a batch of one in the recurrent time loop) without padding them to MR rows of work.
+  UkernelSA<T> run_row = nullptr;
 };
 
 // Portable kernels, vectorised by the compiler for whatever the baseline ISA is (SSE2 on x86-64).
@@ -106,6 +109,12 @@ void ukernel_avx512_f32_8x32_sa(index_t kc, float alpha, const float* a, index_t
                                 index_t acs, const float* b, float beta, float* c, index_t ldc,
                                 index_t m, index_t n);
 void ukernel_avx512_f64_8x16_sa(index_t kc, double alpha, const double* a, index_t ars,
+                                index_t acs, const double* b, double beta, double* c,
+                                index_t ldc, index_t m, index_t n);
+void ukernel_avx512_f32_1x32_sa(index_t kc, float alpha, const float* a, index_t ars,
+                                index_t acs, const float* b, float beta, float* c, index_t ldc,
+                                index_t m, index_t n);
+void ukernel_avx512_f64_1x16_sa(index_t kc, double alpha, const double* a, index_t ars,
                                 index_t acs, const double* b, double beta, double* c,
                                 index_t ldc, index_t m, index_t n);
 }  // namespace isa_v4

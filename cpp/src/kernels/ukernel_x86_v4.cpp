@@ -141,6 +141,20 @@ void ukernel_avx512_f64_8x16_sa(std::int64_t kc, double alpha, const double* a, 
   ukernel_f64_x16<8>(kc, alpha, a, ars, acs, b, beta, c, ldc, m, n);
 }
 
+// One row read in place (m == 1): the same arithmetic per element, without the 7 padded rows the
+// 8-row kernel would compute for it.
+void ukernel_avx512_f32_1x32_sa(std::int64_t kc, float alpha, const float* a, std::int64_t ars,
+                                std::int64_t acs, const float* b, float beta, float* c,
+                                std::int64_t ldc, std::int64_t m, std::int64_t n) {
+  ukernel_f32_x32<1>(kc, alpha, a, ars, acs, b, beta, c, ldc, m, n);
+}
+
+void ukernel_avx512_f64_1x16_sa(std::int64_t kc, double alpha, const double* a, std::int64_t ars,
+                                std::int64_t acs, const double* b, double beta, double* c,
+                                std::int64_t ldc, std::int64_t m, std::int64_t n) {
+  ukernel_f64_x16<1>(kc, alpha, a, ars, acs, b, beta, c, ldc, m, n);
+}
+
 }  // namespace isa_v4
 }  // namespace gemm_detail
 }  // namespace chainrule
