@@ -338,6 +338,17 @@ def test_optimizer_steps_match_torch(kind, cfg, steps, rng):
             assert_close(bufs[k], tstate[k], what=f"{name}.{k}")
 
 
+def step_both(model, seq, topt, xb, yb):
+    """One cross-entropy step of the chainrule model and of its torch twin."""
+    model.zero_grad()
+    model.forward(xb)
+    model.backward(yb)
+    model.step()
+    topt.zero_grad()
+    F.cross_entropy(seq(torch.tensor(xb)), torch.tensor(yb)).backward()
+    topt.step()
+
+
 @pytest.mark.parametrize("kind,cfg,change,back", [
     ("sgd", {"lr": 0.1, "momentum": 0.9}, {"lr": 0.02, "momentum": 0.5}, {}),
     ("sgd", {"lr": 0.1}, {"lr": 0.05, "momentum": 0.9, "nesterov": True}, {}),  # buffer starts
@@ -355,14 +366,7 @@ def test_hyperparameters_changed_mid_training_match_a_torch_param_group_edit(kin
         for k, v in {4: change, 7: back}.get(s, {}).items():
             setattr(model.optimizer, k, v)
             topt.param_groups[0][k] = v
-        xb, yb = X[4 * s:4 * s + 4], y[4 * s:4 * s + 4]
-        model.zero_grad()
-        model.forward(xb)
-        model.backward(yb)
-        model.step()
-        topt.zero_grad()
-        F.cross_entropy(seq(torch.tensor(xb)), torch.tensor(yb)).backward()
-        topt.step()
+        step_both(model, seq, topt, X[4 * s:4 * s + 4], y[4 * s:4 * s + 4])
     assert_same_params(model, seq)
 
 
@@ -378,20 +382,11 @@ def test_load_optimizer_state_replaces_the_whole_state_as_torch(kind, cfg, rng):
     early, tearly = model.optimizer_state(), copy.deepcopy(topt.state_dict())
     X, y = rng.standard_normal((24, 3)), rng.integers(0, 3, 24)
 
-    def steps(a, b):
-        for s in range(a, b):
-            xb, yb = X[4 * s:4 * s + 4], y[4 * s:4 * s + 4]
-            model.zero_grad()
-            model.forward(xb)
-            model.backward(yb)
-            model.step()
-            topt.zero_grad()
-            F.cross_entropy(seq(torch.tensor(xb)), torch.tensor(yb)).backward()
-            topt.step()
-    steps(0, 3)
-    model.load_optimizer_state(early)
-    topt.load_state_dict(tearly)
-    steps(3, 6)
+    for s in range(6):
+        if s == 3:
+            model.load_optimizer_state(early)
+            topt.load_state_dict(tearly)
+        step_both(model, seq, topt, X[4 * s:4 * s + 4], y[4 * s:4 * s + 4])
     assert_same_params(model, seq)
 
 
