@@ -461,22 +461,20 @@ def test_changing_hyperparameters_in_place_applies_from_the_next_step(regression
     y = y[:, :1]
     a = _momentum_net(cr.SGD(lr=0.1, momentum=0.9))
     b = _momentum_net(cr.SGD(lr=0.1, momentum=0.9))
-    for m in (a, b):
-        for _ in range(3):
+    def steps(m, n):
+        for _ in range(n):
             m.zero_grad()
             m.forward(X)
             m.backward(y)
             m.step()
+    for m in (a, b):
+        steps(m, 3)
     a.optimizer.lr = 0.01
     state = b.optimizer_state()
     b.optimizer = cr.SGD(lr=0.01, momentum=0.9)  # assignment resets; reload the state
     b.load_optimizer_state(state)
     for m in (a, b):
-        for _ in range(2):
-            m.zero_grad()
-            m.forward(X)
-            m.backward(y)
-            m.step()
+        steps(m, 2)
     for k, v in a.state_dict().items():
         assert np.array_equal(v, b.state_dict()[k]), k
     assert a.get_config()["optimizer"]["lr"] == 0.01

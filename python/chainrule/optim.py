@@ -7,20 +7,14 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Tuple, Union
 
-from ._validation import _short, check_bool
+from ._validation import check_bool, check_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
 
 
 def _number(name: str, value: Any, *, positive: bool = False, lo: float = 0.0,
             hi: float = math.inf, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    try:
-        v = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} must be within the float range, got "
-                         f"{_short(value)}") from None
+    v = check_real(name, value)  # the type and the float range; the bounds below
     if not math.isfinite(v) or v < lo or (positive and v <= 0) or v > hi or (hi_open and v >= hi):
         bound = f"in [{lo}, {hi}{')' if hi_open else ']'}" if hi != math.inf else (
             "> 0" if positive else f">= {lo}")
