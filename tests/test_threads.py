@@ -25,6 +25,39 @@ def test_gemm_same_bits_for_any_thread_count(dtype):
                                    np.float32 else 1e-10, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+def test_tall_gemm_shared_b_panels_same_bits(dtype, trans_a, trans_b):
+    """Tall products (more row tiles than column tiles) are split along M, the threads packing
+    slices of one shared B panel per depth block. With small blocks there are several column,
+    depth and row blocks; a panel with fewer micro-panels than threads (N = 20) leaves a thread
+    nothing to pack; M = 30 has fewer row tiles than 5 threads. Every path and thread count gives
+    the bits of one thread, and the values match float64."""
+    from chainrule import _core
+    rng = np.random.default_rng(5)
+    _core.gemm_set_blocking(20, 9, 40)
+    for m, n, k in [(300, 70, 40), (157, 45, 100), (400, 20, 33), (30, 20, 500)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        want = 0.75 * ((a.T if trans_a else a).astype(np.float64)
+                       @ (b.T if trans_b else b).astype(np.float64)) - 1.5 * c0
+        first = None
+        for isa in ops.supported_isas():
+            ops.set_isa(isa)
+            for t in (1, 2, 3, 5):
+                cr.set_num_threads(t)
+                out = ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.75, beta=-1.5,
+                               out=c0.copy())
+                if first is None:
+                    first = out
+                    tol = 1e-4 if dtype == np.float32 else 1e-12
+                    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * k)
+                assert np.array_equal(out, first), f"{isa}, {t} threads, M={m} N={n} K={k}"
+        first = None
+
+
 def _train(threads, seed=3):
     cr.set_num_threads(threads)
     rng = np.random.default_rng(1)

@@ -5,6 +5,7 @@
 // every thread count and every ISA path.
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
@@ -265,6 +266,14 @@ PackSpace<T>& pack_space() {
   return space;
 }
 
+// The B panel that the threads of one tall product share (gemm_shared_b): the caller's, apart
+// from its pack_space, which the caller uses for its own A blocks while the workers read this.
+template <class T>
+PackSpace<T>& shared_b_space() {
+  thread_local PackSpace<T> space;
+  return space;
+}
+
 inline index_t round_up(index_t x, index_t m) { return (x + m - 1) / m * m; }
 
 // Argument check shared by gemm and gemm_ref: negative sizes, or leading dimensions shorter than
@@ -342,6 +351,56 @@ void gemm_blocked(const MicroKernel<T>& uk, const GemmBlocking& blk, bool ta, bo
   }
 }
 
+// A tall product in `parts` row slabs that share one packed B panel (BLIS's ic-loop
+// parallelism): for each (jc, pc) block, one phase in which each part packs a slice of the
+// panel's NR-wide micro-panels, then one in which each multiplies its own rows of A (whole MR
+// tiles) by the whole panel; parallel_phases runs the parts on the pool's threads. Splitting M with a panel per thread (gemm_blocked on each slab) would pack all of
+// op(B) once per thread and keep one 8 MiB (float) panel per thread in L3. Each element of C is
+// computed exactly as gemm_blocked computes it: the same kernel, depth blocks and beta_k.
+template <class T>
+void gemm_shared_b(const MicroKernel<T>& uk, const GemmBlocking& blk, int parts, bool ta, bool tb,
+                   index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda, const T* B,
+                   index_t ldb, T beta, T* C, index_t ldc) {
+  const index_t MR = uk.mr, NR = uk.nr;
+  const index_t mc = std::min(blk.mc, M), kc = std::min(blk.kc, K), nc = std::min(blk.nc, N);
+  const index_t tiles = (M + MR - 1) / MR;
+  const index_t rows_per = (tiles + parts - 1) / parts * MR;
+  parts = int((M + rows_per - 1) / rows_per);
+  T* const Bp = shared_b_space<T>().get(checked_mul(round_up(nc, NR), kc));
+  auto a_at = [&](index_t i, index_t k) { return ta ? A + k * lda + i : A + i * lda + k; };
+  auto b_at = [&](index_t k, index_t j) { return tb ? B + j * ldb + k : B + k * ldb + j; };
+  const index_t k_blocks = (K + kc - 1) / kc, j_blocks = (N + nc - 1) / nc;
+  const index_t phases = 2 * j_blocks * k_blocks;
+  if (phases > index_t(std::numeric_limits<int>::max()))
+    throw std::length_error("gemm: too many blocks for the threaded driver");
+  parallel_phases(int(phases), parts, [&](int phase, int part) {
+    const index_t block = phase / 2;
+    const index_t jc = block / k_blocks * nc, pc = block % k_blocks * kc;
+    const index_t nb = std::min(nc, N - jc), kb = std::min(kc, K - pc);
+    if (phase % 2 == 0) {  // pack this part's slice of the block's micro-panels
+      const index_t panels = (nb + NR - 1) / NR;
+      const index_t per = (panels + parts - 1) / parts * NR;
+      const index_t j0 = part * per, j1 = std::min(nb, j0 + per);
+      if (j0 < j1) pack_b(uk.pack, NR, tb, kb, j1 - j0, b_at(pc, jc + j0), ldb, Bp + j0 * kb);
+      return;
+    }
+    const index_t m0 = part * rows_per, m1 = std::min(M, m0 + rows_per);
+    const T beta_k = pc == 0 ? beta : T(1);
+    T* const Ap = pack_space<T>().get(checked_mul(round_up(std::min(mc, m1 - m0), MR), kb));
+    for (index_t ic = m0; ic < m1; ic += mc) {
+      const index_t mb = std::min(mc, m1 - ic);
+      pack_a(uk.pack, MR, ta, mb, kb, a_at(ic, pc), lda, Ap);
+      for (index_t jr = 0; jr < nb; jr += NR) {
+        const T* b = Bp + jr * kb;
+        const index_t n = std::min(NR, nb - jr);
+        for (index_t ir = 0; ir < mb; ir += MR)
+          uk.run(kb, alpha, Ap + ir * kb, b, beta_k, C + (ic + ir) * ldc + jc + jr, ldc,
+                 std::min(MR, mb - ir), n);
+      }
+    }
+  });
+}
+
 }  // namespace
 }  // namespace gemm_detail
 
@@ -373,27 +432,30 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
   }
   const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>(M);
   const GemmBlocking blk = gemm_get_blocking();
-  // Threads split C into slabs of whole register tiles, along N for wide products and along M
-  // for tall ones; each slab is an independent blocked GEMM. Every element still accumulates
-  // over k in the same depth blocks, so the result is the same bits for any thread count.
-  // Below ~64^3 multiply-adds a hand-off costs more than it saves.
+  // Threads split C along N into slabs of whole register tiles for wide products, each slab an
+  // independent blocked GEMM, and along M for tall ones, sharing the packed B panels. Every
+  // element still accumulates over k in the same depth blocks, so the result is the same bits
+  // for any thread count. Below ~64^3 multiply-adds a hand-off costs more than it saves.
   const int threads = get_num_threads();
   const double work = double(M) * double(N) * double(K);
   if (threads > 1 && work >= 262144.0 && (M >= 2 * uk.mr || N >= 2 * uk.nr)) {
-    const bool split_n = N / uk.nr >= M / uk.mr;
-    const index_t tile = split_n ? uk.nr : uk.mr, total = split_n ? N : M;
-    const index_t tiles = (total + tile - 1) / tile;
+    if (N / uk.nr < M / uk.mr) {
+      const index_t tiles = (M + uk.mr - 1) / uk.mr;
+      // Four row slabs per thread, claimed as threads come free: a thread slowed by another
+      // process (a shared machine) hands its remaining slabs to the others.
+      const int parts = int(std::min<index_t>(index_t(4) * threads, tiles));
+      gemm_detail::gemm_shared_b(uk, blk, parts, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                                 ldc);
+      return;
+    }
+    const index_t tiles = (N + uk.nr - 1) / uk.nr;
     const index_t parts = std::min<index_t>(threads, tiles);
-    const index_t per = (tiles + parts - 1) / parts * tile;
-    const int tasks = int((total + per - 1) / per);
+    const index_t per = (tiles + parts - 1) / parts * uk.nr;
+    const int tasks = int((N + per - 1) / per);
     parallel_for(tasks, [&](int t) {
-      const index_t lo = index_t(t) * per, len = std::min(per, total - lo);
-      if (split_n)
-        gemm_detail::gemm_blocked(uk, blk, ta, tb, M, len, K, alpha, A, lda,
-                                  tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
-      else
-        gemm_detail::gemm_blocked(uk, blk, ta, tb, len, N, K, alpha, ta ? A + lo : A + lo * lda,
-                                  lda, B, ldb, beta, C + lo * ldc, ldc);
+      const index_t lo = index_t(t) * per, len = std::min(per, N - lo);
+      gemm_detail::gemm_blocked(uk, blk, ta, tb, M, len, K, alpha, A, lda,
+                                tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
     });
     return;
   }
