@@ -178,6 +178,17 @@ def test_file_loads_into_torch_and_training_continues_there(tmp_path):
         np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_core_has_says_which_buffers_get_returns(opt):
+    """save lists the optimizer's buffers in the header from has(), before it copies any."""
+    for model in (trained(opt, epochs=1)[0],
+                  cr.Model([cr.Dense(3, 2)], optimizer=OPTIMIZERS[opt](), seed=0)):
+        net = model._net
+        for n in net.param_names():
+            for which in ("value", "grad", "buf", "buf2", "buf3"):
+                assert net.has(n, which) == (net.get(n, which) is not None), (n, which)
+
+
 def test_plain_safetensors_file_is_not_a_model(tmp_path):
     path = tmp_path / "weights.safetensors"
     with open(path, "wb") as f:

@@ -178,6 +178,12 @@ void bind_one(py::module_& m, const char* name) {
         std::memcpy(out.mutable_data(), b->data(), b->bytes());
         return py::object(out);
       })
+      // whether get(name, which) would return an array, without copying it (save lists the
+      // tensors in the file's header before it reads any of them)
+      .def("has", [](const Net& n, const std::string& name, const std::string& which) {
+        const auto lock = read_lock(n);
+        return param_buffer(n.param(name), which)->size() != 0;
+      })
       .def("set", [](Net& n, const std::string& name, const std::string& which,
                      carray<T> a) {
         std::unique_lock<std::shared_mutex> lock(n.mutex(), std::try_to_lock);

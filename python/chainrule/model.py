@@ -1193,17 +1193,24 @@ class Model:
         """The optimizer's state: the step count and per-parameter buffers named as PyTorch
         names them (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)."""
         net = self._require_net()
-        state: Dict[str, Any] = {"step": int(net.optimizer_steps), "params": OrderedDict()}
+        state: Dict[str, Any] = {"step": int(net.optimizer_steps),
+                                 "params": OrderedDict((n, {}) for n in net.param_names())}
+        for n, key, torch_name in self._optimizer_buffers():
+            state["params"][n][torch_name] = net.get(n, key)
+        return state
+
+    def _optimizer_buffers(self) -> List[Tuple[str, str, str]]:
+        """(parameter, core buffer, PyTorch name) of each buffer optimizer_state holds, in its
+        order, found without copying any (save lists them in the header before writing one)."""
+        net = self._require_net()
+        out = []
         for n in net.param_names():
-            bufs = {}
             for key, torch_name in _STATE_NAMES[self._optimizer.kind].items():
                 if key == "buf" and self._optimizer.kind == "sgd" and not net.has_buf(n):
                     continue
-                a = net.get(n, key)
-                if a is not None:
-                    bufs[torch_name] = a
-            state["params"][n] = bufs
-        return state
+                if net.has(n, key):
+                    out.append((n, key, torch_name))
+        return out
 
     @_exclusive
     def load_optimizer_state(self, state: Dict[str, Any]) -> None:
