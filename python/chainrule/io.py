@@ -6,6 +6,8 @@ metadata the format version, the architecture as JSON, the generator state and a
 over the tensors and the rest of the metadata. Loading never unpickles or executes anything: the header is size-capped JSON,
 every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
 Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
+Saving streams: it copies one tensor at a time out of the core into the file (the checksum is
+written into the header last).
 
 Into PyTorch: the file is plain safetensors, and without the optimizer's tensors it is the
 network's state dict::
@@ -20,7 +22,9 @@ import json
 import math
 import os
 import struct
-from typing import Any, Dict, List, Tuple, Union
+from functools import partial
+from io import BytesIO
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -35,6 +39,15 @@ FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a model header is a few KiB; this bounds what a file can ask
 _DTYPES: Dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _DTYPE_CODES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
+# safetensors lays the tensors out by dtype, widest first, then by name, after a header padded
+# with spaces to a multiple of 8 bytes; _header writes the same bytes (the metadata in key order,
+# which safetensors leaves to a hash map: any order is the same file to every reader).
+_LAYOUT_RANK = {"F64": 0, "F32": 1}
+_CHECKSUM_PLACEHOLDER = "sha256:" + "0" * 64  # as long as every checksum: overwritten in place
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # serde_json's output
+
+# (name, dtype code, shape, fetch): fetch() copies the tensor out of the core
+_Tensor = Tuple[str, str, Tuple[int, ...], Callable[[], Optional[np.ndarray]]]
 
 
 class ModelFileError(ValueError):
@@ -65,43 +78,120 @@ class ArchitectureError(ModelFileError):
     """The architecture cannot be built, or the tensors do not fit it."""
 
 
+class _Checksum:
+    """The file's SHA-256, fed one tensor at a time: the metadata but the checksum (sorted
+    pairs, as JSON), then per tensor in name order ``[name, dtype, shape, nbytes]`` as JSON and
+    its bytes."""
+
+    def __init__(self, metadata: Dict[str, str]) -> None:
+        self._h = hashlib.sha256()
+        # The metadata too (all but the checksum itself): a damaged architecture, optimizer step
+        # or generator state would otherwise load as a different model without a word.
+        self._h.update(json.dumps(sorted((k, v) for k, v in metadata.items()
+                                         if k != "checksum")).encode())
+
+    def add(self, name: str, code: str, shape: Tuple[int, ...], raw: Any) -> None:
+        raw = memoryview(raw)
+        self._h.update(json.dumps([name, code, list(shape), raw.nbytes]).encode())
+        self._h.update(raw)
+
+    def value(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
 def _checksum(tensors: List[Tuple[str, str, Tuple[int, ...], bytes]],
               metadata: Dict[str, str]) -> str:
-    h = hashlib.sha256()
-    # The metadata too (all but the checksum itself): a damaged architecture, optimizer step or
-    # generator state would otherwise load as a different model without a word.
-    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != "checksum")).encode())
+    h = _Checksum(metadata)
     for name, code, shape, raw in sorted(tensors):
-        h.update(json.dumps([name, code, list(shape), len(raw)]).encode())
-        h.update(raw)
-    return "sha256:" + h.hexdigest()
+        h.add(name, code, shape, raw)
+    return h.value()
 
 
-def to_bytes(model: Any) -> bytes:
-    """Serialises a model (architecture, weights, optimizer state, generator state)."""
-    from safetensors.numpy import save as st_save
+def _raw(a: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    return a.reshape(-1).view(np.uint8).data
 
+
+def _contents(model: Any) -> Tuple[List[_Tensor], Dict[str, str]]:
+    """What the file holds, nothing copied yet: the tensors (parameters under their PyTorch
+    names, then the optimizer's buffers under ``optimizer.<param>.<buffer>``) and the metadata,
+    its checksum a placeholder."""
+    model._guard.check_shared()  # not while another thread trains it (as state_dict() refuses)
     net = model._require_net()
-    tensors: Dict[str, np.ndarray] = {}
-    for name, value in model.state_dict().items():
-        tensors[name] = value
-    opt = model.optimizer_state()
-    for pname, bufs in opt["params"].items():
-        for bname, value in bufs.items():
-            tensors[f"optimizer.{pname}.{bname}"] = value
-    entries = [(k, _DTYPE_CODES[v.dtype], tuple(v.shape), np.ascontiguousarray(v).tobytes())
-               for k, v in tensors.items()]
+    code = _DTYPE_CODES[model.dtype]
+    tensors: List[_Tensor] = [(n, code, tuple(net.param_shape(n)), partial(net.get, n, "value"))
+                              for n in net.param_names()]
+    tensors += [(f"optimizer.{n}.{bname}", code, tuple(net.param_shape(n)),
+                 partial(net.get, n, key)) for n, key, bname in model._optimizer_buffers()]
     from . import __version__
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "chainrule_version": __version__,
         "config": json.dumps(model.get_config()),
-        "optimizer_step": str(opt["step"]),
+        "optimizer_step": str(int(net.optimizer_steps)),
         "rng_state": json.dumps([int(w) for w in net.rng_state()]),
+        "checksum": _CHECKSUM_PLACEHOLDER,
     }
-    metadata["checksum"] = _checksum(entries, metadata)
-    return st_save(tensors, metadata=metadata)
+    return tensors, metadata
+
+
+def _header(metadata: Dict[str, str],
+            tensors: List[_Tensor]) -> Tuple[bytes, Dict[str, int], int]:
+    """The file up to the tensor data (length, then JSON header), each tensor's offset in the
+    data, and the file offset of the checksum's value."""
+    parts = [b'{"__metadata__":{']
+    size, at = len(parts[0]), -1
+    for i, (k, v) in enumerate(sorted(metadata.items())):
+        key = (("," if i else "") + _json(k) + ":").encode()
+        if k == "checksum":
+            at = size + len(key) + 1  # past the opening quote
+        parts += [key, _json(v).encode()]
+        size += len(key) + len(parts[-1])
+    parts.append(b"}")
+    offsets: Dict[str, int] = {}
+    pos = 0
+    for name, code, shape, _ in sorted(tensors, key=lambda t: (_LAYOUT_RANK[t[1]], t[0])):
+        nbytes = _DTYPES[code].itemsize * math.prod(shape)
+        offsets[name] = pos
+        parts.append(("," + _json(name) + ":" + _json({"dtype": code, "shape": list(shape),
+                                                      "data_offsets": [pos, pos + nbytes]}))
+                     .encode())
+        pos += nbytes
+    parts.append(b"}")
+    text = b"".join(parts)
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offsets, 8 + at
+
+
+def _write(f: IO[bytes], tensors: List[_Tensor], metadata: Dict[str, str]) -> None:
+    """Writes the file to f (seekable, empty), holding one tensor at a time: the header with a
+    placeholder for the checksum, the tensors as they are copied out of the core, then the
+    checksum of exactly what was written over its placeholder."""
+    header, offsets, at = _header(metadata, tensors)
+    f.write(header)
+    checksum = _Checksum(metadata)
+    # The checksum takes the tensors by name, the file by dtype and name: the same order for a
+    # model, whose tensors all share its dtype, and the seek finds each one's place otherwise.
+    for name, code, shape, fetch in sorted(tensors, key=lambda t: t[0]):
+        a = fetch()
+        if a is None or a.shape != shape:
+            raise RuntimeError(f"tensor {name!r} changed while the model was being saved")
+        raw = _raw(np.ascontiguousarray(a, dtype=_DTYPES[code]))  # a view: the file's byte order
+        checksum.add(name, code, shape, raw)
+        f.seek(len(header) + offsets[name])
+        f.write(raw)
+        del a, raw  # before the next fetch: one tensor alive at a time
+    f.seek(at)
+    f.write(checksum.value().encode())
+    f.seek(0, os.SEEK_END)
+
+
+def to_bytes(model: Any) -> bytes:
+    """Serialises a model (architecture, weights, optimizer state, generator state)."""
+    buf = BytesIO()
+    _write(buf, *_contents(model))
+    return buf.getvalue()  # the buffer itself, not a copy (CPython)
 
 
 def _parse_header(data: bytes) -> Tuple[Dict[str, Any], Dict[str, str], int]:
@@ -289,9 +379,10 @@ def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
     A symbolic link is followed: the file it names receives the model and the link stays. An
     existing file keeps its permission bits; a new one gets those open() would give it (0o666
     less the umask). On any failure or interrupt the temporary file is removed and the old file,
-    if any, is left as it was.
+    if any, is left as it was. The tensors are copied out of the core one at a time as they are
+    written: saving needs memory for the largest tensor, not for the file.
     """
-    data = to_bytes(model)
+    contents = _contents(model)  # the model's errors before a file exists
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
@@ -312,7 +403,7 @@ def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
         # A file object, not a raw descriptor: if an interrupt lands as open() returns, the
         # unreferenced object closes the file as it is dropped.
         with open(tmp, "xb") as f:
-            f.write(data)
+            _write(f, *contents)
             f.flush()
             os.fsync(f.fileno())
         if mode is not None:
