@@ -6,8 +6,8 @@ metadata the format version, the architecture as JSON, the generator state and a
 over the tensors and the rest of the metadata. Loading never unpickles or executes anything: the header is size-capped JSON,
 every field is validated, and each failure raises its own :class:`ModelFileError` (a ValueError).
 Saving is atomic: a temporary file in the same folder, fsync, then rename over the target.
-Saving streams: it copies one tensor at a time out of the core into the file (the checksum is
-written into the header last).
+Both directions stream: save copies one tensor at a time out of the core into the file (the
+checksum is written into the header last), and load reads each tensor straight into its array.
 
 Into PyTorch: the file is plain safetensors, and without the optimizer's tensors it is the
 network's state dict::
@@ -21,9 +21,10 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from functools import partial
-from io import BytesIO
+from io import BufferedIOBase, BytesIO
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -194,19 +195,28 @@ def to_bytes(model: Any) -> bytes:
     return buf.getvalue()  # the buffer itself, not a copy (CPython)
 
 
-def _parse_header(data: bytes) -> Tuple[Dict[str, Any], Dict[str, str], int]:
-    if len(data) < 8:
-        raise TruncatedFileError(f"file is {len(data)} bytes; a model file starts with an 8-byte "
+def _read_exact(f: BufferedIOBase, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:  # shorter than its size said when it was opened
+        raise TruncatedFileError(f"the file ended {n - len(data)} bytes early: it was truncated "
+                                 "while it was being read")
+    return data
+
+
+def _parse_header(f: BufferedIOBase, size: int) -> Tuple[Dict[str, Any], Dict[str, str], int]:
+    """Reads the header of a file of size bytes from f (at its start), leaving f at the data."""
+    if size < 8:
+        raise TruncatedFileError(f"file is {size} bytes; a model file starts with an 8-byte "
                                  "header length")
-    (n,) = struct.unpack("<Q", data[:8])
+    (n,) = struct.unpack("<Q", _read_exact(f, 8))
     if n > MAX_HEADER_BYTES:
         raise HeaderError(f"header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes; "
                           "this is not a chainrule model file, or it is damaged")
-    if 8 + n > len(data):
-        raise TruncatedFileError(f"file is {len(data)} bytes but its header needs {8 + n}; the "
+    if 8 + n > size:
+        raise TruncatedFileError(f"file is {size} bytes but its header needs {8 + n}; the "
                                  "file is truncated")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(_read_exact(f, n).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting: RecursionError
         raise HeaderError(f"header is not valid JSON ({e}); this is not a chainrule model file, "
                           "or it is damaged") from None
@@ -311,14 +321,38 @@ def _check_layer_sizes(config: Dict[str, Any], n_params: int) -> None:
         f = layer.output_features(f)
 
 
+def _read_tensors(f: BufferedIOBase, entries: List[Tuple[str, str, Tuple[int, ...], int, int]]
+                  ) -> Dict[str, np.ndarray]:
+    """Reads each tensor from f (at the data, which the entries tile) straight into its array."""
+    tensors: Dict[str, np.ndarray] = {}
+    for name, code, shape, _, _ in sorted(entries, key=lambda t: t[3]):
+        a = np.empty(shape, dtype=_DTYPES[code])
+        view, done = _raw(a), 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise TruncatedFileError(f"the file ended inside tensor {name!r}: it was "
+                                         "truncated while it was being read")
+            done += got
+        tensors[name] = a
+    if f.read(1):
+        raise HeaderError("bytes after the last tensor: the file grew while it was being read")
+    return tensors
+
+
 def from_bytes(data: bytes) -> Any:
     """Rebuilds a model from :func:`to_bytes`'s output, validating everything first."""
-    from .model import Model
-
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    header, meta, start = _parse_header(data)
+    data = bytes(data)  # no copy of bytes; a bytearray is copied, as it could change meanwhile
+    return _read_model(BytesIO(data), len(data))  # BytesIO shares bytes' buffer
+
+
+def _read_model(f: BufferedIOBase, size: int) -> Any:
+    """Rebuilds the model in f (at its start; size bytes long), validating everything first."""
+    from .model import Model
+
+    header, meta, start = _parse_header(f, size)
     try:
         version = int(meta.get("format_version", ""))
     except ValueError:
@@ -326,14 +360,12 @@ def from_bytes(data: bytes) -> Any:
     if version > FORMAT_VERSION or version < 1:
         raise UnsupportedVersionError(f"model file format version {version}; this chainrule "
                                       f"reads versions 1..{FORMAT_VERSION} (upgrade chainrule)")
-    entries = _validate_tensors(header, len(data) - start)
-    tensors: Dict[str, np.ndarray] = {}
-    raw_entries = []
-    for name, code, shape, begin, end in entries:
-        raw = data[start + begin:start + end]
-        raw_entries.append((name, code, shape, raw))
-        tensors[name] = np.frombuffer(raw, dtype=_DTYPES[code]).reshape(shape).copy()
-    if meta.get("checksum") != _checksum(raw_entries, meta):
+    entries = _validate_tensors(header, size - start)
+    tensors = _read_tensors(f, entries)
+    checksum = _Checksum(meta)
+    for name, code, shape, _, _ in sorted(entries):
+        checksum.add(name, code, shape, _raw(tensors[name]))
+    if meta.get("checksum") != checksum.value():
         raise ChecksumError("tensor data does not match the file's checksum: the file is "
                             "damaged")
     try:
@@ -346,7 +378,8 @@ def from_bytes(data: bytes) -> Any:
         rng = json.loads(meta.get("rng_state", "null"))
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise HeaderError(f"metadata is incomplete or malformed: {e}") from None
-    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    # taken out of tensors, so that their arrays are freed once the core holds the values
+    params = {k: tensors.pop(k) for k in list(tensors) if not k.startswith("optimizer.")}
     try:
         _check_layer_sizes(config, sum(v.size for v in params.values()))
         model = Model.from_config(config)
@@ -356,6 +389,7 @@ def from_bytes(data: bytes) -> Any:
         model.load_state_dict(params, strict=True)
     except (ValueError, TypeError) as e:
         raise ArchitectureError(f"the weights do not fit the saved architecture: {e}") from None
+    del params
     opt_params: Dict[str, Dict[str, np.ndarray]] = {}
     for k, v in tensors.items():
         if k.startswith("optimizer."):
@@ -422,7 +456,8 @@ def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
 
 
 def load(path: Union[str, "os.PathLike[str]"]) -> Any:
-    """Loads a model saved by :meth:`Model.save`.
+    """Loads a model saved by :meth:`Model.save`, reading each tensor straight into an array:
+    besides the model, it needs memory for the tensors once, not for the file's bytes as well.
 
     Raises:
         ModelFileError: (a ValueError) the file is damaged, truncated, of another kind, or of a
@@ -430,5 +465,7 @@ def load(path: Union[str, "os.PathLike[str]"]) -> Any:
         OSError: the file cannot be read.
     """
     with open(os.fspath(path), "rb") as f:
-        data = f.read()
-    return from_bytes(data)
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):  # a pipe, say: no size to read against
+            return from_bytes(f.read())
+        return _read_model(f, info.st_size)
