@@ -4,12 +4,18 @@ other tools read, and damaged or hostile files, which must raise a ModelFileErro
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
 import stat
 import struct
+import subprocess
 import sys
+import textwrap
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +29,7 @@ from chainrule import io as crio
 OPTIMIZERS = {
     "sgd_momentum": lambda: cr.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam": lambda: cr.Adam(lr=0.01, amsgrad=True),
+    "sgd": lambda: cr.SGD(lr=0.05),  # no optimizer tensors in the file
 }
 
 
@@ -178,6 +185,52 @@ def test_file_loads_into_torch_and_training_continues_there(tmp_path):
         np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def _reencoded(data: bytes, sort_metadata: bool) -> bytes:
+    """data with its header written again by json, as safetensors writes it (compact, then
+    spaces to a multiple of 8 bytes), the metadata's keys sorted if asked."""
+    n = header_len(data)
+    header = json.loads(data[8:8 + n])
+    if sort_metadata:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+def _checksum_as_first_written(data: bytes) -> str:
+    """The checksum as the first save computed it, over the tensors safetensors reads back."""
+    meta = json.loads(data[8:8 + header_len(data)])["__metadata__"]
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted((k, v) for k, v in meta.items() if k != "checksum")).encode())
+    for name, v in sorted(st_load_bytes(data).items()):
+        raw = v.tobytes()
+        h.update(json.dumps([name, {"float32": "F32", "float64": "F64"}[v.dtype.name],
+                             list(v.shape), len(raw)]).encode())
+        h.update(raw)
+    return "sha256:" + h.hexdigest()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_saved_bytes_are_the_ones_safetensors_writes(opt, dtype, tmp_path):
+    """save streams its file; its bytes are those safetensors' writer (which save used before)
+    gives for the same tensors and metadata, but for the order of the metadata: safetensors takes
+    it from a hash map, a new one each call, and the streaming writer sorts it."""
+    model, _, _ = trained(opt, dtype)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    data = path.read_bytes()
+    assert data == model.to_bytes()  # the same bytes each time, too
+    tensors = dict(model.state_dict())
+    for p, bufs in model.optimizer_state()["params"].items():
+        tensors.update({f"optimizer.{p}.{b}": v for b, v in bufs.items()})
+    meta = json.loads(data[8:8 + header_len(data)])["__metadata__"]
+    previous = st_save(tensors, metadata=meta)
+    assert _reencoded(previous, sort_metadata=False) == previous  # json writes as safetensors
+    assert _reencoded(previous, sort_metadata=True) == data
+    assert meta["checksum"] == _checksum_as_first_written(data)
+
+
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 def test_core_has_says_which_buffers_get_returns(opt):
     """save lists the optimizer's buffers in the header from has(), before it copies any."""
@@ -187,6 +240,112 @@ def test_core_has_says_which_buffers_get_returns(opt):
         for n in net.param_names():
             for which in ("value", "grad", "buf", "buf2", "buf3"):
                 assert net.has(n, which) == (net.get(n, which) is not None), (n, which)
+
+
+FIXTURE = Path(__file__).parent / "data" / "model_v1_adam.safetensors"
+
+
+def test_a_file_saved_before_streaming_loads_and_saves_again_byte_for_byte(monkeypatch):
+    """data/model_v1_adam.safetensors was written by the previous save (safetensors' writer,
+    chainrule 0.1.0): Dense(3, 4), Tanh, Dense(4, 2), Adam(lr=0.01, amsgrad=True), seed 7, two
+    shuffled epochs of 8-sample batches. Loaded and saved again, it comes out the same bytes:
+    weights, optimizer buffers, step, generator state and architecture all came through."""
+    old = FIXTURE.read_bytes()
+    model = cr.load(FIXTURE)
+    assert model.optimizer_state()["step"] == 4
+    assert set(model.optimizer_state()["params"]["0.weight"]) == {
+        "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    meta = json.loads(old[8:8 + header_len(old)])["__metadata__"]
+    monkeypatch.setattr(cr, "__version__", meta["chainrule_version"])  # saved in the metadata
+    assert model.to_bytes() == _reencoded(old, sort_metadata=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_load_from_a_pipe(tmp_path):
+    """A pipe has no size to read against: load reads it whole."""
+    model, _, _ = trained("adam", epochs=1)
+    fifo = tmp_path / "m.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(model.to_bytes())
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        loaded = cr.load(fifo)
+    finally:
+        writer.join(timeout=30)
+    assert_same_model(loaded, model)
+
+
+def test_a_file_that_changes_size_while_it_is_read(blob):
+    """load reads the tensors against the size the file had when it was opened."""
+    with pytest.raises(cr.TruncatedFileError, match="while it was being read"):
+        crio._read_model(io.BytesIO(blob[:-5]), len(blob))
+    with pytest.raises(cr.HeaderError, match="grew while it was being read"):
+        crio._read_model(io.BytesIO(blob + b"\0"), len(blob))
+
+
+MEMORY_CHILD = textwrap.dedent("""
+    import gc, json, sys
+    import numpy as np
+    import chainrule as cr
+
+    def status(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+    what, path = sys.argv[1], sys.argv[2]
+    gc.collect()
+    start = status("VmRSS")
+    if what == "save":  # 4 weights of 16 MiB, 4 momentum buffers: a file of 128 MiB
+        model = cr.Model([cr.Dense(2048, 2048) for _ in range(4)],
+                         optimizer=cr.SGD(lr=0.01, momentum=0.9), seed=0)
+        x = np.ones((2, 2048), np.float32)
+        model.forward(x)
+        model.backward(x)
+        model.step()
+        call = lambda: model.save(path)
+    else:
+        call = lambda: cr.load(path)
+    gc.collect()
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak resident set (VmHWM) starts again from here
+    kept = call()
+    print(json.dumps({"held": before - start, "extra": status("VmHWM") - before}))
+""")
+
+
+def _peak_in_child(what, path):
+    env = dict(os.environ)  # chainrule importable in the child as it is here
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(cr.__file__).resolve().parents[1])] + [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, what, str(path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="resets the peak resident set through /proc/self/clear_refs (Linux)")
+def test_save_holds_one_tensor_and_load_one_copy_of_the_data(tmp_path):
+    """The writer held four copies of the file at once (state dict, tensor bytes, safetensors'
+    buffer, its bytes) and the reader four (the file, slices, arrays, and the model itself).
+    Now save copies one tensor at a time out of the core, and load holds the arrays it reads the
+    file into, beside the model it builds."""
+    path = tmp_path / "big.safetensors"
+    saved = _peak_in_child("save", path)
+    size, tensor = os.path.getsize(path), 2048 * 2048 * 4
+    assert saved["extra"] < tensor + size / 8, (
+        f"save took {saved['extra'] / 2**20:.0f} MiB beyond the model for a "
+        f"{size / 2**20:.0f} MiB file of {tensor / 2**20:.0f} MiB tensors")
+    loaded = _peak_in_child("load", path)
+    model = saved["held"]  # what the model held in the saving process
+    assert loaded["extra"] < model + 1.5 * size, (
+        f"load took {loaded['extra'] / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file and a "
+        f"{model / 2**20:.0f} MiB model")
 
 
 def test_plain_safetensors_file_is_not_a_model(tmp_path):
