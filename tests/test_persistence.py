@@ -827,3 +827,34 @@ def test_an_optimizer_edited_into_an_invalid_state_is_refused_before_saving(tmp_
     model.optimizer.nesterov = False
     model.save(tmp_path / "m.crm")
     assert cr.load(tmp_path / "m.crm").optimizer == model.optimizer
+
+
+def test_save_refuses_a_model_changed_by_another_thread_meanwhile(tmp_path, monkeypatch):
+    """save copies the tensors out one at a time as it writes them: a change from another thread
+    between two of them (here load_state_dict, run while the first tensor is hashed) would give
+    a file mixing two states under a valid checksum. It raises instead and writes nothing."""
+    model, _, _ = trained()
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    before = path.read_bytes()
+    other = {k: v + 1.0 for k, v in model.state_dict().items()}
+    add = crio._Checksum.add
+    calls = []
+
+    def add_then_change(self, *args):
+        add(self, *args)
+        if not calls:
+            calls.append(1)
+            t = threading.Thread(target=model.load_state_dict, args=(other,))
+            t.start()
+            t.join()
+
+    monkeypatch.setattr(crio._Checksum, "add", add_then_change)
+    with pytest.raises(RuntimeError, match="changed by another thread while it was being saved"):
+        model.save(path)
+    assert calls and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    monkeypatch.undo()
+    # a change made by the saving thread itself (a checkpoint callback inside fit) is its own
+    model.save(path)
+    np.testing.assert_array_equal(cr.load(path).state_dict()["0.weight"], other["0.weight"])

@@ -117,13 +117,26 @@ def _contents(model: Any) -> Tuple[List[_Tensor], Dict[str, str]]:
     """What the file holds, nothing copied yet: the tensors (parameters under their PyTorch
     names, then the optimizer's buffers under ``optimizer.<param>.<buffer>``) and the metadata,
     its checksum a placeholder."""
-    model._guard.check_shared()  # not while another thread trains it (as state_dict() refuses)
+    guard = model._guard
+    generation = guard.generation  # before the check: a change from here on is seen below
+    guard.check_shared()  # not while another thread trains it (as state_dict() refuses)
     net = model._require_net()
     code = _DTYPE_CODES[model.dtype]
-    tensors: List[_Tensor] = [(n, code, tuple(net.param_shape(n)), partial(net.get, n, "value"))
+
+    def fetch(name: str, key: str) -> Optional[np.ndarray]:
+        # The tensors are copied out one by one as the file is written: a call that changed the
+        # model from another thread meanwhile (fit between two epochs, load_state_dict) would
+        # mix two states in one file whose checksum holds.
+        value = net.get(name, key)
+        if guard.generation != generation:
+            raise RuntimeError("the model was changed by another thread while it was being "
+                               "saved; nothing was written (save it when that call is done)")
+        return value
+
+    tensors: List[_Tensor] = [(n, code, tuple(net.param_shape(n)), partial(fetch, n, "value"))
                               for n in net.param_names()]
     tensors += [(f"optimizer.{n}.{bname}", code, tuple(net.param_shape(n)),
-                 partial(net.get, n, key)) for n, key, bname in model._optimizer_buffers()]
+                 partial(fetch, n, key)) for n, key, bname in model._optimizer_buffers()]
     from . import __version__
     metadata = {
         "format": FORMAT,

@@ -121,6 +121,9 @@ class _UseGuard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: Optional[int] = None
+        # Counts the calls that took it: a reader spread over time (save copies one tensor at
+        # a time) sees whether the model may have changed under it.
+        self.generation = 0
 
     def enter(self) -> bool:
         me = threading.get_ident()
@@ -131,6 +134,7 @@ class _UseGuard:
                                "backward, step and load_state_dict need it alone); wait for "
                                "that call to finish, or use a copy of the model per thread")
         self._owner = me
+        self.generation += 1
         return True
 
     def leave(self) -> None:
