@@ -679,6 +679,11 @@ def test_save_to_str_bytes_and_pathlib_paths(tmp_path):
     with pytest.raises(TypeError, match="path must be a str, bytes or os.PathLike, got int"):
         model.save(3)
     assert sorted(os.listdir(tmp_path)) == ["a.crm", "b.crm", "c.crm"]
+    # a trailing separator names a folder, as open() reads it (it was saved as "d.crm")
+    for path in (str(tmp_path / "d.crm") + os.sep, os.fsencode(tmp_path / "a.crm") + b"/"):
+        with pytest.raises(IsADirectoryError, match="ends with a separator"):
+            model.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["a.crm", "b.crm", "c.crm"]
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="POSIX links")

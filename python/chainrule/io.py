@@ -17,6 +17,7 @@ network's state dict::
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -433,6 +434,9 @@ def save(model: Any, path: Union[str, bytes, "os.PathLike[str]"]) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
+    if path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # open() would refuse
+        raise IsADirectoryError(errno.EISDIR, "cannot save a model to a path that ends with a "
+                                "separator (it names a folder, not a file)", path)
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
