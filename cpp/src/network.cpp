@@ -371,28 +371,38 @@ double Network<T>::loss_and_grad(T* grad, const T* pred, const T* yf, const std:
 }
 
 template <class T>
-void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
+void Network<T>::backward_impl(const T* grad_output, bool need_input_grad, bool consume) {
   // Chain rule in reverse: g holds dL/d(output of layer i); each layer turns it into
-  // dL/d(input of layer i), accumulating its parameter gradients on the way.
+  // dL/d(input of layer i), accumulating its parameter gradients on the way. dL/d(input of layer
+  // k) goes over that input, acts_[k], when the step consumes the tape and nothing reads acts_[k]
+  // after layer k's backward (a Dense on every step of a recurrent layer's output sequence: the
+  // sequence's gradient takes the sequence's place); else into g0_ or g1_, whichever does not
+  // hold g.
   const std::size_t L = layers_.size();
-  index_t max_size = 0;  // of the gradients passed between layers: acts_[1..L]
-  for (std::size_t i = 1; i < acts_.size(); ++i) max_size = std::max(max_size, acts_[i].size());
-  g0_.resize_for_overwrite(max_size);
-  g1_.resize_for_overwrite(max_size);
+  for (auto& c : caches_)
+    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) rc->consume = consume;
   const T* g = grad_output;
-  T* bufs[2] = {g0_.data(), g1_.data()};
-  int next = 0;
+  Buffer<T>* held = nullptr;  // the one of g0_, g1_ that holds g
   for (std::size_t k = L; k-- > 0;) {
     T* dx = nullptr;
-    if (k > 0) dx = bufs[next];
-    else if (need_input_grad) {
+    Buffer<T>* dst = nullptr;
+    if (k > 0) {
+      if (consume && layers_[k]->backward_overwrites_input() &&
+          !layers_[k - 1]->backward_reads_output()) {
+        dx = acts_[k].data();
+      } else {
+        dst = held == &g0_ ? &g1_ : &g0_;
+        dst->resize_for_overwrite(checked_mul(tape_batch_, shapes_[k].size()));
+        dx = dst->data();
+      }
+    } else if (need_input_grad) {
       dx_.resize_for_overwrite(checked_mul(tape_batch_, shapes_[0].size()));
       dx = dx_.data();
     }
     layers_[k]->backward(dx, g, k ? acts_[k].data() : tape_in_, acts_[k + 1].data(), tape_batch_,
                          shapes_[k], caches_[k].get());
     g = dx;
-    next ^= 1;
+    held = dst;
   }
 }
 
@@ -620,8 +630,10 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     if (!layers_[i]->overwrite_grads_once())
       for (std::size_t j = param_begin_[i]; j < param_begin_[i + 1]; ++j)
         zero_param_grad(params_[j]);
+  // The step reads no activation after this backward but acts_.back() (accumulate_metric), which
+  // no backward overwrites: the tape is consumed.
   try {
-    backward_impl(lossgrad_.data(), false);
+    backward_impl(lossgrad_.data(), false, /*consume=*/true);
   } catch (...) {
     for (auto& l : layers_) l->cancel_overwrite_grads();
     throw;

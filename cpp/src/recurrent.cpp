@@ -193,8 +193,11 @@ class RecurrentLayer final : public Layer<T> {
     return std::make_unique<RecurrentCache<T>>();
   }
   bool is_recurrent() const override { return true; }
+  bool backward_overwrites_input() const override { return true; }  // a segment at a time
+  bool backward_reads_output() const override { return false; }      // its own tape instead
   std::size_t bptt_workspace(index_t B, index_t steps, BpttMemory m) const override {
-    // Mirrors what forward and backward allocate (see the accounting at the end of backward).
+    // Mirrors what forward and a backward without consume allocate (see the accounting at the
+    // end of backward); fit's backward (consume) holds the stacked cells' dtm buffers no more.
     const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
     const index_t BH = checked_mul(B, H_), BG = checked_mul(B, G_);
     const index_t gate_store = checked_mul(B, tape_gates());  // per step
@@ -462,6 +465,9 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index
   const index_t steps = in.time, H = H_, G = G_, GS = tape_gates(), BH = B * H;
   if (c.steps != steps || c.B != B) throw std::logic_error("backward does not match the forward");
   const bool keep_all = c.memory == BpttMemory::all;
+  // "sqrt" with consume: cell k > 0 writes its input gradient over its input, the copy of cell
+  // k - 1's output that only this backward reads (a segment's rows once its last reader is done).
+  const bool in_place = !keep_all && c.consume;
   const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
   c.step_norms.assign(std::size_t(L_ * steps), 0.0);
   c.dh0.resize_for_overwrite(L_ * BH);
@@ -480,8 +486,8 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index
     c.seg_gates.resize_for_overwrite(checked_mul(checked_mul(S, B), tape_gates()));
     c.seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
-  // The stacked cells' input gradients alternate between dtm and dtm2: cell k writes the one
-  // that cell k + 1 did not (the one it reads).
+  // Without consume, the stacked cells' input gradients alternate between dtm and dtm2: cell k
+  // writes the one that cell k + 1 did not (the one it reads).
   auto grad_buffer = [&](index_t k) -> Buffer<T>& { return (L_ - 1 - k) % 2 ? c.dtm2 : c.dtm; };
   for (index_t k = L_ - 1; k >= 0; --k) {
     CellStore& cl = c.cells[std::size_t(k)];
@@ -493,7 +499,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index
     const T* dout = dy;
     index_t dts = return_sequences_ ? H : 0, drs = return_sequences_ ? steps * H : H;
     if (!top) {
-      dout = grad_buffer(k + 1).data();
+      dout = in_place ? c.cells[std::size_t(k)].out.data() : grad_buffer(k + 1).data();
       dts = BH;
       drs = H;
     }
@@ -501,8 +507,12 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index
     // dL/d(this cell's input): (T, B, H) for the cell below, or dx a segment at a time.
     T* dxin = nullptr;
     if (k > 0) {
-      grad_buffer(k).resize_for_overwrite(checked_mul(steps, BH));
-      dxin = grad_buffer(k).data();
+      if (in_place) {
+        dxin = c.cells[std::size_t(k - 1)].out.data();
+      } else {
+        grad_buffer(k).resize_for_overwrite(checked_mul(steps, BH));
+        dxin = grad_buffer(k).data();
+      }
     }
     T* dc = lstm() ? c.dc.data() : nullptr;
     c.dh.fill_zero();
@@ -591,7 +601,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index
       }
       // The segment's weight gradients and input gradient as GEMMs over n * B rows:
       // dW_ih += dGx^T x, db_ih += sum dGx, dx = dGx W_ih; dW_hh += dGh^T h_prev, db_hh += sum dGh.
-      // dx after dW_ih, which reads x: dx may be x.
+      // dx after dW_ih, which reads x: in place, the input gradient overwrites x's rows.
       dense_backward(static_cast<T*>(nullptr), w_ih_[k].grad.data(),
                      bias_ ? b_ih_[k].grad.data() : nullptr, c.dgx.data(), xin,
                      w_ih_[k].value.data(), n * B, Ik, G);

@@ -32,13 +32,18 @@ namespace chainrule {
 // segment at a time, and reads dL/dy where the network puts it; none of these is copied whole.
 // Beyond them it holds O(T) data only where BPTT needs it: with "all", every state and gate;
 // with num_layers > 1, the sequence between two stacked cells (the states themselves with
-// "all", a copy in Cell::out with "sqrt") and that sequence's gradient (dtm). Everything else
-// is one segment or one step.
+// "all", a copy in Cell::out with "sqrt") and that sequence's gradient (dtm; with "sqrt" and
+// consume set, written over Cell::out instead). Everything else is one segment or one step.
 template <class T>
 struct RecurrentCache : LayerCache {
   // Set by the caller before forward:
   BpttMemory memory = BpttMemory::all;
   Buffer<T> h0, c0;  // (L, B, H) initial states; empty means zeros
+  // Set by the caller before backward: nothing reads the forward's results again (fit's step),
+  // so backward may write a stacked cell's input gradient over that input, the lower cell's
+  // output sequence, which "sqrt" keeps only for this backward. A second backward of the same
+  // forward needs consume = false.
+  bool consume = false;
   // Filled by forward:
   index_t B = 0, steps = 0;
   Buffer<T> hn, cn;  // (L, B, H) final states (cn for LSTM only)
