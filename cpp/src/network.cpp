@@ -754,9 +754,10 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
     perm_.resize(std::size_t(n));
     std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
     if (opt.shuffle) rng_.shuffle(perm_.data(), n);
-    if (k > 0) xb_.resize_for_overwrite(checked_mul(batch_size, xs));
-    if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
-    else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
+    // With BPTT chunks, each chunk's rows are gathered from X and the targets where they lie:
+    // no copy of the whole minibatch of sequences.
+    if (k <= 0 && yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
+    else if (k <= 0) yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
   }
   clear_initial_states();
 
@@ -770,19 +771,19 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   EpochStats st;
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
-    const T* xb;
-    const T* ybf;
-    const std::int64_t* ybi;
+    const T* xb = nullptr;  // the minibatch; BPTT chunks gather their rows below instead
+    const T* ybf = nullptr;
+    const std::int64_t* ybi = nullptr;
     if (borrow) {
       xb = X + start * xs;
       ybf = yi ? nullptr : yf + start * ys;
       ybi = yi ? yi + start * ys : nullptr;
-    } else {
-      // Gather the minibatch rows in permuted order (without BPTT chunks straight into the
-      // tape's input slot), rows over the pool above ~16 K elements: the source rows come from
-      // memory (a data set larger than the caches), and one core's stream of them took 6 % of an
-      // mnist step while the other waited.
-      T* const xdst = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
+    } else if (k <= 0) {
+      // Gather the minibatch rows in permuted order straight into the tape's input slot, rows
+      // over the pool above ~16 K elements: the source rows come from memory (a data set larger
+      // than the caches), and one core's stream of them took 6 % of an mnist step while the
+      // other waited.
+      T* const xdst = input_slot(bs, shapes.front());
       const std::int64_t* const perm = perm_.data() + start;
       std::int64_t* const ybi_dst = yi ? yib_.data() : nullptr;
       T* const ybf_dst = yi ? nullptr : yfb_.data();
@@ -804,27 +805,29 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       if (!train_step(xb, ybf, ybi, bs, time, opt, st, b, 0, time, borrow)) return st;
       if (opt.stateful) carry();
     } else {
-      // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F).
+      // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F),
+      // sample r of the chunk from row perm[start + r] of X (and of the targets), the inputs
+      // straight into the tape's input slot.
       const index_t F = shapes.front().features, per_step = ys / time;
+      const std::int64_t* const perm = perm_.data() + start;
       for (index_t c0 = 0; c0 < time; c0 += k) {
         const index_t kk = std::min(k, time - c0);
-        xc_.resize_for_overwrite(checked_mul(bs, kk * F));
+        T* const xc = input_slot(bs, SampleShape{kk, F});
         for (index_t r = 0; r < bs; ++r)
-          std::memcpy(xc_.data() + r * kk * F, xb_.data() + (r * time + c0) * F,
-                      std::size_t(kk * F) * sizeof(T));
+          std::memcpy(xc + r * kk * F, X + perm[r] * xs + c0 * F, std::size_t(kk * F) * sizeof(T));
         if (yi) {
           yic_.resize(std::size_t(bs * kk));
           for (index_t r = 0; r < bs; ++r)
-            std::memcpy(yic_.data() + r * kk, yib_.data() + r * time + c0,
+            std::memcpy(yic_.data() + r * kk, yi + perm[r] * ys + c0,
                         std::size_t(kk) * sizeof(std::int64_t));
         } else {
           yfc_.resize_for_overwrite(checked_mul(bs, kk * per_step));
           for (index_t r = 0; r < bs; ++r)
-            std::memcpy(yfc_.data() + r * kk * per_step, yfb_.data() + (r * time + c0) * per_step,
+            std::memcpy(yfc_.data() + r * kk * per_step, yf + perm[r] * ys + c0 * per_step,
                         std::size_t(kk * per_step) * sizeof(T));
         }
-        if (!train_step(xc_.data(), yi ? nullptr : yfc_.data(), yi ? yic_.data() : nullptr, bs,
-                        kk, opt, st, b, c0, time))
+        if (!train_step(xc, yi ? nullptr : yfc_.data(), yi ? yic_.data() : nullptr, bs, kk, opt,
+                        st, b, c0, time))
           return st;
         carry();
         // every chunk is an optimizer step: a stop request need not wait for the sequence's end
@@ -866,8 +869,8 @@ template <class T>
 std::size_t Network<T>::workspace_bytes() const {
   SharedUse use(mutex_);  // forward resizes the buffers read here
   std::size_t b = g0_.capacity_bytes() + g1_.capacity_bytes() + dx_.capacity_bytes() +
-                  xb_.capacity_bytes() + yfb_.capacity_bytes() +
-                  yib_.capacity() * sizeof(std::int64_t) + perm_.capacity() * sizeof(std::int64_t);
+                  yfb_.capacity_bytes() + yfc_.capacity_bytes() + lossgrad_.capacity_bytes() +
+                  (yib_.capacity() + yic_.capacity() + perm_.capacity()) * sizeof(std::int64_t);
   for (auto& a : acts_) b += a.capacity_bytes();
   for (auto& l : layers_) b += l->held_bytes();
   return b;

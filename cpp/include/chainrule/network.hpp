@@ -323,7 +323,7 @@ class Network {
   std::uint64_t weights_version() const;
   void check_tape() const;  // backward's precondition: a tape, recorded with today's weights
   Buffer<T> g0_, g1_, dx_;  // gradients between layers (each sized as it is used), dL/dx
-  Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
+  Buffer<T> yfb_, yfc_, lossgrad_;  // a minibatch's float targets (whole, or a BPTT chunk's)
   std::vector<std::int64_t> yib_, yic_, perm_;
   std::vector<T*> grad_ptrs_;
   std::vector<int> grad_exp_;  // per parameter, from grads_finite()
