@@ -110,6 +110,9 @@ class ActivationLayer final : public Layer<T> {
       activation_backward(dx, dy, x, y, batch * in.rows(), in.features, act_, slope_,
                           /*mapped_output=*/true);
   }
+  // Each element of dx (a row, for softmax) is computed from the same element (row) of x, y and
+  // dy, read before it is written: dx may be x.
+  bool backward_overwrites_input() const override { return true; }
 
  private:
   Activation act_;
