@@ -60,7 +60,9 @@ struct Param {
 };
 
 // How much a recurrent layer keeps for backpropagation through time: every state and gate, or a
-// checkpoint every ~sqrt(T) steps with each segment recomputed before its backward.
+// checkpoint every ~sqrt(T) steps with each segment recomputed before its backward. Either way the
+// layer's input, output and output gradient are the network's (the tape), one copy each; see
+// RecurrentCache for what else is sequence-sized.
 enum class BpttMemory { all, sqrt };
 
 // What backward needs beyond a layer's input and output (recurrent layers keep their states).
