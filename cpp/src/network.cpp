@@ -591,17 +591,20 @@ void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
   index_t widest = 0;
   for (const SampleShape& s : shapes) widest = std::max(widest, s.size());
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
-  Buffer<T> a, b;  // every element is written before it is read: not zeroed
-  a.resize_for_overwrite(checked_mul(chunk, widest));
-  b.resize_for_overwrite(checked_mul(chunk, widest));
+  // Two buffers for the activations between layers, each allocated when first written: one
+  // layer needs neither, two layers one (a sequence's worth, for a long one).
+  index_t between = 0;
+  for (std::size_t i = 1; i < L; ++i) between = std::max(between, shapes[i].size());
+  Buffer<T> bufs[2];
   const index_t in_size = shapes.front().size(), out_size = shapes.back().size();
   for (index_t s = 0; s < n; s += chunk) {
     const index_t m = std::min(chunk, n - s);
     const T* cur = x + s * in_size;
-    T* bufs[2] = {a.data(), b.data()};
     int next = 0;
     for (std::size_t i = 0; i < L; ++i) {
-      T* dst = (i + 1 == L) ? out + s * out_size : bufs[next];
+      if (i + 1 < L && bufs[next].size() == 0)
+        bufs[next].resize_for_overwrite(checked_mul(chunk, between));
+      T* dst = (i + 1 == L) ? out + s * out_size : bufs[next].data();
       layers_[i]->forward(dst, cur, m, shapes[i], nullptr);
       cur = dst;
       next ^= 1;
