@@ -53,10 +53,21 @@ class DenseLayer final : public Layer<T> {
   }
   void backward(T* dx, const T* dy, const T* x, const T*, index_t batch, const SampleShape& in,
                 LayerCache*) override {
-    dense_backward_impl(dx, weight_.grad.data(), bias_ ? bias_->grad.data() : nullptr, dy, x,
-                        weight_.value.data(), batch * in.rows(), in_, out_, !overwrite_);
+    const index_t rows = batch * in.rows();
+    T* const db = bias_ ? bias_->grad.data() : nullptr;
+    if (dx == x) {  // dx over x: dW and db read x first, dx alone after (each the same bits)
+      dense_backward_impl(static_cast<T*>(nullptr), weight_.grad.data(), db, dy, x,
+                          weight_.value.data(), rows, in_, out_, !overwrite_);
+      dense_backward_impl(dx, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dy, x,
+                          weight_.value.data(), rows, in_, out_, true);
+    } else {
+      dense_backward_impl(dx, weight_.grad.data(), db, dy, x, weight_.value.data(), rows, in_,
+                          out_, !overwrite_);
+    }
     overwrite_ = false;
   }
+  bool backward_overwrites_input() const override { return true; }
+  bool backward_reads_output() const override { return false; }
   std::size_t held_bytes() const override { return cache_.bytes(); }
   bool overwrite_grads_once() override { return overwrite_ = true; }
   void cancel_overwrite_grads() override { overwrite_ = false; }
@@ -99,6 +110,9 @@ class ActivationLayer final : public Layer<T> {
       activation_backward(dx, dy, x, y, batch * in.rows(), in.features, act_, slope_,
                           /*mapped_output=*/true);
   }
+  // Each element of dx (a row, for softmax) is computed from the same element (row) of x, y and
+  // dy, read before it is written: dx may be x.
+  bool backward_overwrites_input() const override { return true; }
 
  private:
   Activation act_;

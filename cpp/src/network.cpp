@@ -371,28 +371,38 @@ double Network<T>::loss_and_grad(T* grad, const T* pred, const T* yf, const std:
 }
 
 template <class T>
-void Network<T>::backward_impl(const T* grad_output, bool need_input_grad) {
+void Network<T>::backward_impl(const T* grad_output, bool need_input_grad, bool consume) {
   // Chain rule in reverse: g holds dL/d(output of layer i); each layer turns it into
-  // dL/d(input of layer i), accumulating its parameter gradients on the way.
+  // dL/d(input of layer i), accumulating its parameter gradients on the way. dL/d(input of layer
+  // k) goes over that input, acts_[k], when the step consumes the tape and nothing reads acts_[k]
+  // after layer k's backward (a Dense on every step of a recurrent layer's output sequence: the
+  // sequence's gradient takes the sequence's place); else into g0_ or g1_, whichever does not
+  // hold g.
   const std::size_t L = layers_.size();
-  index_t max_size = 0;  // of the gradients passed between layers: acts_[1..L]
-  for (std::size_t i = 1; i < acts_.size(); ++i) max_size = std::max(max_size, acts_[i].size());
-  g0_.resize_for_overwrite(max_size);
-  g1_.resize_for_overwrite(max_size);
+  for (auto& c : caches_)
+    if (auto* rc = dynamic_cast<RecurrentCache<T>*>(c.get())) rc->consume = consume;
   const T* g = grad_output;
-  T* bufs[2] = {g0_.data(), g1_.data()};
-  int next = 0;
+  Buffer<T>* held = nullptr;  // the one of g0_, g1_ that holds g
   for (std::size_t k = L; k-- > 0;) {
     T* dx = nullptr;
-    if (k > 0) dx = bufs[next];
-    else if (need_input_grad) {
+    Buffer<T>* dst = nullptr;
+    if (k > 0) {
+      if (consume && layers_[k]->backward_overwrites_input() &&
+          !layers_[k - 1]->backward_reads_output()) {
+        dx = acts_[k].data();
+      } else {
+        dst = held == &g0_ ? &g1_ : &g0_;
+        dst->resize_for_overwrite(checked_mul(tape_batch_, shapes_[k].size()));
+        dx = dst->data();
+      }
+    } else if (need_input_grad) {
       dx_.resize_for_overwrite(checked_mul(tape_batch_, shapes_[0].size()));
       dx = dx_.data();
     }
     layers_[k]->backward(dx, g, k ? acts_[k].data() : tape_in_, acts_[k + 1].data(), tape_batch_,
                          shapes_[k], caches_[k].get());
     g = dx;
-    next ^= 1;
+    held = dst;
   }
 }
 
@@ -581,17 +591,20 @@ void Network<T>::predict(T* out, const T* x, index_t n, index_t time) const {
   index_t widest = 0;
   for (const SampleShape& s : shapes) widest = std::max(widest, s.size());
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t(1) << 20) / widest));
-  Buffer<T> a, b;  // every element is written before it is read: not zeroed
-  a.resize_for_overwrite(checked_mul(chunk, widest));
-  b.resize_for_overwrite(checked_mul(chunk, widest));
+  // Two buffers for the activations between layers, each allocated when first written: one
+  // layer needs neither, two layers one (a sequence's worth, for a long one).
+  index_t between = 0;
+  for (std::size_t i = 1; i < L; ++i) between = std::max(between, shapes[i].size());
+  Buffer<T> bufs[2];
   const index_t in_size = shapes.front().size(), out_size = shapes.back().size();
   for (index_t s = 0; s < n; s += chunk) {
     const index_t m = std::min(chunk, n - s);
     const T* cur = x + s * in_size;
-    T* bufs[2] = {a.data(), b.data()};
     int next = 0;
     for (std::size_t i = 0; i < L; ++i) {
-      T* dst = (i + 1 == L) ? out + s * out_size : bufs[next];
+      if (i + 1 < L && bufs[next].size() == 0)
+        bufs[next].resize_for_overwrite(checked_mul(chunk, between));
+      T* dst = (i + 1 == L) ? out + s * out_size : bufs[next].data();
       layers_[i]->forward(dst, cur, m, shapes[i], nullptr);
       cur = dst;
       next ^= 1;
@@ -620,8 +633,10 @@ bool Network<T>::train_step(const T* x, const T* yf, const std::int64_t* yi, ind
     if (!layers_[i]->overwrite_grads_once())
       for (std::size_t j = param_begin_[i]; j < param_begin_[i + 1]; ++j)
         zero_param_grad(params_[j]);
+  // The step reads no activation after this backward but acts_.back() (accumulate_metric), which
+  // no backward overwrites: the tape is consumed.
   try {
-    backward_impl(lossgrad_.data(), false);
+    backward_impl(lossgrad_.data(), false, /*consume=*/true);
   } catch (...) {
     for (auto& l : layers_) l->cancel_overwrite_grads();
     throw;
@@ -742,9 +757,10 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
     perm_.resize(std::size_t(n));
     std::iota(perm_.begin(), perm_.end(), std::int64_t(0));
     if (opt.shuffle) rng_.shuffle(perm_.data(), n);
-    if (k > 0) xb_.resize_for_overwrite(checked_mul(batch_size, xs));
-    if (yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
-    else yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
+    // With BPTT chunks, each chunk's rows are gathered from X and the targets where they lie:
+    // no copy of the whole minibatch of sequences.
+    if (k <= 0 && yi) yib_.resize(std::size_t(checked_mul(batch_size, ys)));
+    else if (k <= 0) yfb_.resize_for_overwrite(checked_mul(batch_size, ys));
   }
   clear_initial_states();
 
@@ -758,19 +774,19 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
   EpochStats st;
   for (index_t start = 0, b = 0; start < n; start += batch_size, ++b) {
     const index_t bs = std::min(batch_size, n - start);
-    const T* xb;
-    const T* ybf;
-    const std::int64_t* ybi;
+    const T* xb = nullptr;  // the minibatch; BPTT chunks gather their rows below instead
+    const T* ybf = nullptr;
+    const std::int64_t* ybi = nullptr;
     if (borrow) {
       xb = X + start * xs;
       ybf = yi ? nullptr : yf + start * ys;
       ybi = yi ? yi + start * ys : nullptr;
-    } else {
-      // Gather the minibatch rows in permuted order (without BPTT chunks straight into the
-      // tape's input slot), rows over the pool above ~16 K elements: the source rows come from
-      // memory (a data set larger than the caches), and one core's stream of them took 6 % of an
-      // mnist step while the other waited.
-      T* const xdst = k > 0 ? xb_.data() : input_slot(bs, shapes.front());
+    } else if (k <= 0) {
+      // Gather the minibatch rows in permuted order straight into the tape's input slot, rows
+      // over the pool above ~16 K elements: the source rows come from memory (a data set larger
+      // than the caches), and one core's stream of them took 6 % of an mnist step while the
+      // other waited.
+      T* const xdst = input_slot(bs, shapes.front());
       const std::int64_t* const perm = perm_.data() + start;
       std::int64_t* const ybi_dst = yi ? yib_.data() : nullptr;
       T* const ybf_dst = yi ? nullptr : yfb_.data();
@@ -792,27 +808,29 @@ EpochStats Network<T>::fit_epoch(const T* X, const T* yf, const std::int64_t* yi
       if (!train_step(xb, ybf, ybi, bs, time, opt, st, b, 0, time, borrow)) return st;
       if (opt.stateful) carry();
     } else {
-      // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F).
+      // Cut each sequence of the batch into chunks of k steps: x (bs, T, F) -> (bs, kk, F),
+      // sample r of the chunk from row perm[start + r] of X (and of the targets), the inputs
+      // straight into the tape's input slot.
       const index_t F = shapes.front().features, per_step = ys / time;
+      const std::int64_t* const perm = perm_.data() + start;
       for (index_t c0 = 0; c0 < time; c0 += k) {
         const index_t kk = std::min(k, time - c0);
-        xc_.resize_for_overwrite(checked_mul(bs, kk * F));
+        T* const xc = input_slot(bs, SampleShape{kk, F});
         for (index_t r = 0; r < bs; ++r)
-          std::memcpy(xc_.data() + r * kk * F, xb_.data() + (r * time + c0) * F,
-                      std::size_t(kk * F) * sizeof(T));
+          std::memcpy(xc + r * kk * F, X + perm[r] * xs + c0 * F, std::size_t(kk * F) * sizeof(T));
         if (yi) {
           yic_.resize(std::size_t(bs * kk));
           for (index_t r = 0; r < bs; ++r)
-            std::memcpy(yic_.data() + r * kk, yib_.data() + r * time + c0,
+            std::memcpy(yic_.data() + r * kk, yi + perm[r] * ys + c0,
                         std::size_t(kk) * sizeof(std::int64_t));
         } else {
           yfc_.resize_for_overwrite(checked_mul(bs, kk * per_step));
           for (index_t r = 0; r < bs; ++r)
-            std::memcpy(yfc_.data() + r * kk * per_step, yfb_.data() + (r * time + c0) * per_step,
+            std::memcpy(yfc_.data() + r * kk * per_step, yf + perm[r] * ys + c0 * per_step,
                         std::size_t(kk * per_step) * sizeof(T));
         }
-        if (!train_step(xc_.data(), yi ? nullptr : yfc_.data(), yi ? yic_.data() : nullptr, bs,
-                        kk, opt, st, b, c0, time))
+        if (!train_step(xc, yi ? nullptr : yfc_.data(), yi ? yic_.data() : nullptr, bs, kk, opt,
+                        st, b, c0, time))
           return st;
         carry();
         // every chunk is an optimizer step: a stop request need not wait for the sequence's end
@@ -854,8 +872,8 @@ template <class T>
 std::size_t Network<T>::workspace_bytes() const {
   SharedUse use(mutex_);  // forward resizes the buffers read here
   std::size_t b = g0_.capacity_bytes() + g1_.capacity_bytes() + dx_.capacity_bytes() +
-                  xb_.capacity_bytes() + yfb_.capacity_bytes() +
-                  yib_.capacity() * sizeof(std::int64_t) + perm_.capacity() * sizeof(std::int64_t);
+                  yfb_.capacity_bytes() + yfc_.capacity_bytes() + lossgrad_.capacity_bytes() +
+                  (yib_.capacity() + yic_.capacity() + perm_.capacity()) * sizeof(std::int64_t);
   for (auto& a : acts_) b += a.capacity_bytes();
   for (auto& l : layers_) b += l->held_bytes();
   return b;

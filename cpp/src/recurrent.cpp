@@ -1,9 +1,11 @@
 // Recurrent layers and backpropagation through time. See recurrent.hpp for the conventions.
 // Internally everything is time-major, (T, B, .), so that a segment of steps is one contiguous
-// block of rows and its input projection and weight gradients are single GEMMs. The steps of a
-// segment run as one parallel_phases job, a phase per step and a task per slice of the hidden
-// units: the slice's gate columns of h_{t-1} W_hh^T and its cell math (forward), or its columns of
-// dL/dh_t = dG_{t+1} W_hh and its units' dG_t (backward). No thread sleeps between the steps.
+// block of rows and its input projection and weight gradients are single GEMMs; the layer's
+// batch-first input, output and their gradients are read and written a segment at a time where
+// the network keeps them, never copied whole. The steps of a segment run as one parallel_phases
+// job, a phase per step and a task per slice of the hidden units: the slice's gate columns of
+// h_{t-1} W_hh^T and its cell math (forward), or its columns of dL/dh_t = dG_{t+1} W_hh and its
+// units' dG_t (backward). No thread sleeps between the steps.
 //
 // Accumulation rule: parameter gradients accumulate (+=), input gradients overwrite (=).
 #include "chainrule/recurrent.hpp"
@@ -112,20 +114,24 @@ inline void copy_row(T* __restrict dst, const T* __restrict src, index_t F) {
   for (; o + 4 <= bytes; o += 4) __builtin_memcpy(d + o, s + o, 4);
 }
 
-// (B, T, F) batch-first <-> (T, B, F) time-major, time steps split over the pool above ~64 K
-// elements.
+// Steps [s, s + n) of a batch-first (B, T, F) sequence <-> a time-major (n, B, F) segment, time
+// steps split over the pool above ~64 K elements.
 template <class T>
-void to_time_major(T* dst, const T* src, index_t B, index_t steps, index_t F) {
-  parallel_ranges(steps, 1, B * steps * F / 65536, [=](std::int64_t t0, std::int64_t t1) {
+void gather_steps(T* dst, const T* src, index_t B, index_t steps, index_t s, index_t n,
+                  index_t F) {
+  parallel_ranges(n, 1, B * n * F / 65536, [=](std::int64_t t0, std::int64_t t1) {
     for (index_t t = t0; t < t1; ++t)
-      for (index_t b = 0; b < B; ++b) copy_row(dst + (t * B + b) * F, src + (b * steps + t) * F, F);
+      for (index_t b = 0; b < B; ++b)
+        copy_row(dst + (t * B + b) * F, src + (b * steps + s + t) * F, F);
   });
 }
 template <class T>
-void to_batch_first(T* dst, const T* src, index_t B, index_t steps, index_t F) {
-  parallel_ranges(steps, 1, B * steps * F / 65536, [=](std::int64_t t0, std::int64_t t1) {
+void scatter_steps(T* dst, const T* src, index_t B, index_t steps, index_t s, index_t n,
+                   index_t F) {
+  parallel_ranges(n, 1, B * n * F / 65536, [=](std::int64_t t0, std::int64_t t1) {
     for (index_t t = t0; t < t1; ++t)
-      for (index_t b = 0; b < B; ++b) copy_row(dst + (b * steps + t) * F, src + (t * B + b) * F, F);
+      for (index_t b = 0; b < B; ++b)
+        copy_row(dst + (b * steps + s + t) * F, src + (t * B + b) * F, F);
   });
 }
 
@@ -187,19 +193,27 @@ class RecurrentLayer final : public Layer<T> {
     return std::make_unique<RecurrentCache<T>>();
   }
   bool is_recurrent() const override { return true; }
+  bool backward_overwrites_input() const override { return true; }  // a segment at a time
+  bool backward_reads_output() const override { return false; }      // its own tape instead
   std::size_t bptt_workspace(index_t B, index_t steps, BpttMemory m) const override {
-    // Mirrors what forward and backward allocate (see the accounting at the end of backward).
+    // Mirrors what forward and a backward without consume allocate (see the accounting at the
+    // end of backward); fit's backward (consume) holds the stacked cells' dtm buffers no more.
     const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
     const index_t BH = checked_mul(B, H_), BG = checked_mul(B, G_);
     const index_t gate_store = checked_mul(B, tape_gates());  // per step
     const index_t slots = m == BpttMemory::all ? steps + 1 : nseg;
     const index_t per_cell = slots * BH * (lstm() ? 2 : 1) +
                              (m == BpttMemory::all ? steps * (gate_store + (gru() ? BH : 0)) : 0);
-    // gx, dgx (+ dgh), the slices' gate scratch (BG in all), dh (two slots, GRU three) (+ dc).
-    index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() || gru() ? 3 : 2);
+    // gx, dgx (+ dgh), the slices' gate scratch (BG in all), dh (two slots, GRU three) (+ dc),
+    // xseg and dxseg.
+    index_t seg = 2 * S * BG + BG + (gru() ? S * BG : 0) + BH * (lstm() || gru() ? 3 : 2) +
+                  2 * S * B * I_;
     if (m == BpttMemory::sqrt)
       seg += (S + 1) * BH * (lstm() ? 2 : 1) + S * (gate_store + (gru() ? BH : 0));
-    return std::size_t(L_ * per_cell + seg) * sizeof(T);
+    // Between stacked cells: "sqrt"'s copies of the lower cells' outputs, and the input
+    // gradients of the upper cells (dtm, and dtm2 from three cells on).
+    const index_t stacked = (m == BpttMemory::sqrt ? L_ - 1 : 0) + std::min<index_t>(L_ - 1, 2);
+    return std::size_t(L_ * per_cell + seg + stacked * steps * BH) * sizeof(T);
   }
   std::vector<Param<T>*> params() override {
     std::vector<Param<T>*> out;
@@ -280,15 +294,25 @@ class RecurrentLayer final : public Layer<T> {
     return c.memory == BpttMemory::all ? cl.hs.data() + c.B * H_ : cl.out.data();
   }
 
-  // Runs steps [s, s + n) of cell k. hs/cs hold n + 1 state slots; slot 0 must hold the state at
-  // step s on entry, slot t + 1 receives h_{s+t}. gates (n, B, G) and ghn (n, B, H) receive what
-  // backward needs. xin is the cell's time-major input (T, B, I_k). Needs prepare_slices(fwd).
-  void run_segment(Cache& c, index_t k, const T* xin, index_t s, index_t n, index_t B, T* hs,
-                   T* cs, T* gates, T* ghn) const {
+  // Cell k's input for steps [s, s + n), time-major (n, B, I_k): the layer's input x (B, T, I)
+  // gathered into xseg for the bottom cell, rows of the cell below's output otherwise.
+  const T* segment_input(Cache& c, index_t k, const T* x, index_t s, index_t n, index_t B) const {
+    if (k > 0) return seq_out(c, k - 1) + s * B * H_;
+    c.xseg.resize_for_overwrite(checked_mul(checked_mul(n, B), I_));
+    gather_steps(c.xseg.data(), x, B, c.steps, s, n, I_);
+    return c.xseg.data();
+  }
+
+  // Runs n steps of cell k from a segment's input xin (n, B, I_k), time-major. hs/cs hold n + 1
+  // state slots; slot 0 must hold the state before the first step on entry, slot t + 1 receives
+  // h after step t. gates (n, B, G) and ghn (n, B, H) receive what backward needs. Needs
+  // prepare_slices(fwd).
+  void run_segment(Cache& c, index_t k, const T* xin, index_t n, index_t B, T* hs, T* cs,
+                   T* gates, T* ghn) const {
     const index_t H = H_, G = G_, GS = tape_gates(), BH = B * H_, Ik = k == 0 ? I_ : H_;
     c.gx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
     // The input projection of the whole segment: one GEMM over n * B rows.
-    dense_forward(c.gx.data(), xin + s * B * Ik, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
+    dense_forward(c.gx.data(), xin, w_ih_[k].value.data(), bias_ih(k), n * B, Ik, G);
     const CellKernels<T>& ck = cell_kernels<T>();
     const bool bias = bias_;
     // Step t for batch rows [r0, r0 + m) and the slice's hidden units.
@@ -372,8 +396,7 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
   c->cells.resize(std::size_t(L_));
   c->hn.resize_for_overwrite(LBH);
   c->cn.resize_for_overwrite(lstm() ? LBH : 0);
-  c->cells[0].x.resize_for_overwrite(checked_mul(checked_mul(steps, B), I_));
-  to_time_major(c->cells[0].x.data(), x, B, steps, I_);
+  c->xseg.resize_for_overwrite(checked_mul(checked_mul(S, B), I_));
   if (!keep_all) {
     c->seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
     c->seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
@@ -382,11 +405,10 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
   }
   for (index_t k = 0; k < L_; ++k) {
     CellStore& cl = c->cells[std::size_t(k)];
-    const T* xin = k == 0 ? cl.x.data() : seq_out(*c, k - 1);
     const bool top = k == L_ - 1;
     prepare_slices(*c, k, B, true, false);
-    cl.out.resize_for_overwrite(keep_all || (top && !return_sequences_) ? 0
-                                                                        : checked_mul(steps, BH));
+    // The next cell's input: with "all" the states themselves; the top cell writes into y.
+    cl.out.resize_for_overwrite(keep_all || top ? 0 : checked_mul(steps, BH));
     if (keep_all) {
       cl.hs.resize_for_overwrite(checked_mul(steps + 1, BH));
       cl.cs.resize_for_overwrite(lstm() ? checked_mul(steps + 1, BH) : 0);
@@ -420,8 +442,9 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
         std::memcpy(cl.hs.data() + j * BH, hs, std::size_t(BH) * sizeof(T));
         if (lstm()) std::memcpy(cl.cs.data() + j * BH, cs, std::size_t(BH) * sizeof(T));
       }
-      run_segment(*c, k, xin, s, n, B, hs, cs, gates, ghn);
-      if (cl.out.size())
+      run_segment(*c, k, segment_input(*c, k, x, s, n, B), n, B, hs, cs, gates, ghn);
+      if (top && return_sequences_) scatter_steps(y, hs + BH, B, steps, s, n, H);
+      else if (cl.out.size())
         std::memcpy(cl.out.data() + s * BH, hs + BH, std::size_t(n * BH) * sizeof(T));
       if (j == nseg - 1) {
         std::memcpy(c->hn.data() + k * BH, hs + n * BH, std::size_t(BH) * sizeof(T));
@@ -429,23 +452,23 @@ void RecurrentLayer<T>::forward(T* y, const T* x, index_t B, const SampleShape& 
       }
     }
   }
-  if (return_sequences_) to_batch_first(y, seq_out(*c, L_ - 1), B, steps, H);
-  else std::memcpy(y, c->hn.data() + (L_ - 1) * BH, std::size_t(BH) * sizeof(T));
+  if (!return_sequences_) std::memcpy(y, c->hn.data() + (L_ - 1) * BH, std::size_t(BH) * sizeof(T));
 }
 
 template <class T>
-void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t B,
+void RecurrentLayer<T>::backward(T* dx, const T* dy, const T* x, const T*, index_t B,
                                  const SampleShape& in, LayerCache* cache) {
   // dy (B, T, H) or (B, H) -> dx (B, T, I); every parameter gradient accumulates; dh0, dc0 and
-  // the per-step norms ||dL/dh_t|| land in the cache.
+  // the per-step norms ||dL/dh_t|| land in the cache. x is read a segment at a time, each segment
+  // before dx's rows of the same steps are written: dx may be x itself.
   Cache& c = *static_cast<Cache*>(cache);
   const index_t steps = in.time, H = H_, G = G_, GS = tape_gates(), BH = B * H;
   if (c.steps != steps || c.B != B) throw std::logic_error("backward does not match the forward");
   const bool keep_all = c.memory == BpttMemory::all;
+  // "sqrt" with consume: cell k > 0 writes its input gradient over its input, the copy of cell
+  // k - 1's output that only this backward reads (a segment's rows once its last reader is done).
+  const bool in_place = !keep_all && c.consume;
   const index_t S = segment_length(steps), nseg = (steps + S - 1) / S;
-  // dL/d(output of the top cell), time-major. Without return_sequences only the last step has one.
-  c.dtm.resize_for_overwrite(return_sequences_ ? checked_mul(steps, BH) : 0);
-  if (return_sequences_) to_time_major(c.dtm.data(), dy, B, steps, H);
   c.step_norms.assign(std::size_t(L_ * steps), 0.0);
   c.dh0.resize_for_overwrite(L_ * BH);
   c.dc0.resize_for_overwrite(lstm() ? L_ * BH : 0);
@@ -456,24 +479,41 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
   c.dh.resize_for_overwrite(checked_mul(slots, BH));
   c.dc.resize_for_overwrite(lstm() ? BH : 0);
   c.row_sq.resize(std::size_t(S * B));
+  c.dxseg.resize_for_overwrite(checked_mul(checked_mul(S, B), I_));
   if (!keep_all) {
     c.seg_hs.resize_for_overwrite(checked_mul(S + 1, BH));
     c.seg_cs.resize_for_overwrite(lstm() ? checked_mul(S + 1, BH) : 0);
     c.seg_gates.resize_for_overwrite(checked_mul(checked_mul(S, B), tape_gates()));
     c.seg_ghn.resize_for_overwrite(gru() ? checked_mul(S, BH) : 0);
   }
+  // Without consume, the stacked cells' input gradients alternate between dtm and dtm2: cell k
+  // writes the one that cell k + 1 did not (the one it reads).
+  auto grad_buffer = [&](index_t k) -> Buffer<T>& { return (L_ - 1 - k) % 2 ? c.dtm2 : c.dtm; };
   for (index_t k = L_ - 1; k >= 0; --k) {
     CellStore& cl = c.cells[std::size_t(k)];
     const index_t Ik = k == 0 ? I_ : H_;
-    const T* xin = k == 0 ? cl.x.data() : seq_out(c, k - 1);
     const bool top = k == L_ - 1;
-    // Gradient w.r.t. this cell's input sequence: the next lower cell's output gradient, or dx.
-    T* dxin = nullptr;
-    if (k > 0 || dx) {
-      c.dtm2.resize_for_overwrite(checked_mul(steps, B * Ik));
-      dxin = c.dtm2.data();
+    // dL/d(this cell's output h_t) of batch row b at dout[t dts + b drs]: dy where it lies for
+    // the top cell (with return_sequences (B, T, H), else (B, H) for the last step only), the
+    // cell above's input gradient (T, B, H) below it.
+    const T* dout = dy;
+    index_t dts = return_sequences_ ? H : 0, drs = return_sequences_ ? steps * H : H;
+    if (!top) {
+      dout = in_place ? c.cells[std::size_t(k)].out.data() : grad_buffer(k + 1).data();
+      dts = BH;
+      drs = H;
     }
-    const T* dout = (top && !return_sequences_) ? nullptr : c.dtm.data();
+    const bool last_only = top && !return_sequences_;
+    // dL/d(this cell's input): (T, B, H) for the cell below, or dx a segment at a time.
+    T* dxin = nullptr;
+    if (k > 0) {
+      if (in_place) {
+        dxin = c.cells[std::size_t(k - 1)].out.data();
+      } else {
+        grad_buffer(k).resize_for_overwrite(checked_mul(steps, BH));
+        dxin = grad_buffer(k).data();
+      }
+    }
     T* dc = lstm() ? c.dc.data() : nullptr;
     c.dh.fill_zero();
     c.dc.fill_zero();
@@ -482,6 +522,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
     const CellKernels<T>& ck = cell_kernels<T>();
     for (index_t j = nseg - 1; j >= 0; --j) {
       const index_t s = j * S, n = std::min(S, steps - s);
+      const T* xin = segment_input(c, k, x, s, n, B);
       T *hs, *cs, *gates, *ghn;
       if (keep_all) {
         hs = cl.hs.data() + s * BH;
@@ -495,7 +536,7 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
         ghn = c.seg_ghn.data();
         std::memcpy(hs, cl.hs.data() + j * BH, std::size_t(BH) * sizeof(T));
         if (lstm()) std::memcpy(cs, cl.cs.data() + j * BH, std::size_t(BH) * sizeof(T));
-        run_segment(c, k, xin, s, n, B, hs, cs, gates, ghn);
+        run_segment(c, k, xin, n, B, hs, cs, gates, ghn);
       }
       c.dgx.resize_for_overwrite(checked_mul(checked_mul(n, B), G));
       c.dgh.resize_for_overwrite(gru() ? checked_mul(checked_mul(n, B), G) : 0);
@@ -509,9 +550,11 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
         T* dh = dh_ring + (tt + 1) % slots * BH + r0 * H;
         T* dgx = c.dgx.data() + t * B * G + r0 * G;
         // dL/dh_t = (from step t + 1, already in dh) + (from the output at t)
-        if (const T* extra = dout ? dout + tt * BH : tt == steps - 1 ? dy : nullptr)
-          for (index_t b = 0; b < m; ++b)
-            for (index_t u = u0; u < u1; ++u) dh[b * H + u] += extra[(r0 + b) * H + u];
+        if (!last_only || tt == steps - 1)
+          for (index_t b = 0; b < m; ++b) {
+            const T* extra = dout + tt * dts + (r0 + b) * drs;
+            for (index_t u = u0; u < u1; ++u) dh[b * H + u] += extra[u];
+          }
         if (kind_ == CellKind::rnn)
           ck.rnn_backward(dgx, dh, hs + (t + 1) * BH + r0 * H, m, H, u0, sl.hs, relu_);
         else if (kind_ == CellKind::lstm)
@@ -558,26 +601,31 @@ void RecurrentLayer<T>::backward(T* dx, const T* dy, const T*, const T*, index_t
       }
       // The segment's weight gradients and input gradient as GEMMs over n * B rows:
       // dW_ih += dGx^T x, db_ih += sum dGx, dx = dGx W_ih; dW_hh += dGh^T h_prev, db_hh += sum dGh.
-      dense_backward(dxin ? dxin + s * B * Ik : nullptr, w_ih_[k].grad.data(),
-                     bias_ ? b_ih_[k].grad.data() : nullptr, c.dgx.data(), xin + s * B * Ik,
+      // dx after dW_ih, which reads x: in place, the input gradient overwrites x's rows.
+      dense_backward(static_cast<T*>(nullptr), w_ih_[k].grad.data(),
+                     bias_ ? b_ih_[k].grad.data() : nullptr, c.dgx.data(), xin,
                      w_ih_[k].value.data(), n * B, Ik, G);
+      if (T* d = k > 0 ? dxin + s * BH : dx ? c.dxseg.data() : nullptr) {
+        dense_backward(d, static_cast<T*>(nullptr), static_cast<T*>(nullptr), c.dgx.data(), xin,
+                       w_ih_[k].value.data(), n * B, Ik, G);
+        if (k == 0) scatter_steps(dx, d, B, steps, s, n, I_);
+      }
       dense_backward(static_cast<T*>(nullptr), w_hh_[k].grad.data(),
                      bias_ ? b_hh_[k].grad.data() : nullptr,
                      gru() ? c.dgh.data() : c.dgx.data(), hs, Whh, n * B, H, G);
     }
     std::memcpy(c.dh0.data() + k * BH, c.dh.data(), std::size_t(BH) * sizeof(T));  // slot 0
     if (lstm()) std::memcpy(c.dc0.data() + k * BH, dc, std::size_t(BH) * sizeof(T));
-    if (k > 0) std::swap(c.dtm, c.dtm2);
   }
-  if (dx) to_batch_first(dx, c.dtm2.data(), B, steps, I_);
-  // Workspace: what BPTT holds for the backward (states, gates, checkpoints, gate gradients),
-  // not the layer's input and output sequences nor their gradients.
+  // Workspace: what BPTT holds for the backward (states, gates, checkpoints, segment scratch,
+  // gate gradients, the stacked cells' sequences and their gradients), not the layer's input and
+  // output sequences nor their gradients.
   std::size_t ws = 0;
   for (const CellStore& cl : c.cells)
-    ws += cl.hs.capacity_bytes() + cl.cs.capacity_bytes() + cl.gates.capacity_bytes() +
-          cl.ghn.capacity_bytes();
+    ws += cl.out.capacity_bytes() + cl.hs.capacity_bytes() + cl.cs.capacity_bytes() +
+          cl.gates.capacity_bytes() + cl.ghn.capacity_bytes();
   for (const Buffer<T>* b : {&c.seg_hs, &c.seg_cs, &c.seg_gates, &c.seg_ghn, &c.gx, &c.dgx,
-                             &c.dgh, &c.dh, &c.dc})
+                             &c.dgh, &c.xseg, &c.dxseg, &c.dh, &c.dc, &c.dtm, &c.dtm2})
     ws += b->capacity_bytes();
   for (const auto& sl : c.slices) ws += sl.gh.capacity_bytes();
   // (The packed copies of W_hh are weights, O(H G) whatever T; they are not BPTT workspace.)

@@ -503,8 +503,9 @@ class Model:
                 zeros.
             bptt_memory: what the following backward keeps: "all" (every state), "sqrt"
                 (a checkpoint every ~√T steps, segments recomputed; bitwise the same
-                gradients), or a budget in bytes ("all" when it fits, else "sqrt"). None: the
-                model's :attr:`bptt_memory`.
+                gradients), or a budget in bytes ("all" when it fits, else "sqrt"; compared with
+                :meth:`bptt_workspace`'s count for "all"). None: the model's
+                :attr:`bptt_memory`.
 
         Returns:
             The output of the last layer, (n_samples, out) or (n_samples, T, out).
@@ -743,9 +744,17 @@ class Model:
 
     @_shared
     def bptt_workspace(self, layer: Optional[int] = None) -> Dict[str, Any]:
-        """Bytes the last BPTT of a recurrent layer held (states, gates, checkpoints, gate
-        gradients; not its input and output sequences): ``{"workspace_bytes",
-        "peak_workspace_bytes", "memory"}``."""
+        """Bytes the last BPTT of a recurrent layer held: ``{"workspace_bytes",
+        "peak_workspace_bytes", "memory"}``.
+
+        Counted: the states and gates ("all": every step's; "sqrt": the state every ⌈√T⌉
+        steps and one segment's states and gates), one segment's scratch and gate gradients,
+        and with ``num_layers > 1`` the (T, batch, hidden) sequence between each two stacked
+        cells ("all" among its states, "sqrt" as a copy) and that sequence's gradient (which
+        fit, in "sqrt", writes over the copy). Not counted, as they are the model's data rather than BPTT's: the
+        layer's input, its output and their gradients, one buffer each at most (fit writes the
+        output's gradient over the output, and reads the input where the layer below left it).
+        """
         _, info = self._recurrent_info(layer)
         return {k: info[k] for k in ("workspace_bytes", "peak_workspace_bytes", "memory")}
 

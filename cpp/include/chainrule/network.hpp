@@ -60,7 +60,9 @@ struct Param {
 };
 
 // How much a recurrent layer keeps for backpropagation through time: every state and gate, or a
-// checkpoint every ~sqrt(T) steps with each segment recomputed before its backward.
+// checkpoint every ~sqrt(T) steps with each segment recomputed before its backward. Either way the
+// layer's input, output and output gradient are the network's (the tape), one copy each; see
+// RecurrentCache for what else is sequence-sized.
 enum class BpttMemory { all, sqrt };
 
 // What backward needs beyond a layer's input and output (recurrent layers keep their states).
@@ -94,6 +96,11 @@ class Layer {
   // dy -> dx (overwritten; skipped when nullptr); parameter gradients accumulate.
   virtual void backward(T* dx, const T* dy, const T* x, const T* y, index_t batch,
                         const SampleShape& in, LayerCache* cache) = 0;
+  // Whether backward accepts dx == x (it reads what it needs of x before writing the same part
+  // of dx), and whether it reads its output y: what lets the training step write a layer's input
+  // gradient over the input, the output of the layer below, once nothing reads it any more.
+  virtual bool backward_overwrites_input() const { return false; }
+  virtual bool backward_reads_output() const { return true; }
   virtual std::unique_ptr<LayerCache> make_cache() const { return nullptr; }
   virtual bool is_recurrent() const { return false; }
   // Bytes of BPTT workspace one forward + backward of (batch, time) needs with that memory mode.
@@ -285,7 +292,10 @@ class Network {
                   index_t full_time, bool borrow = false);
   double loss_and_grad(T* grad, const T* pred, const T* yf, const std::int64_t* yi, index_t batch,
                        const SampleShape& out) const;
-  void backward_impl(const T* grad_output, bool need_input_grad);
+  // consume: nothing reads the tape after this backward (fit's step), so a layer's input gradient
+  // may overwrite that input (Layer::backward_overwrites_input) when the layer below does not
+  // read its output, and recurrent layers may overwrite their own sequences (RecurrentCache).
+  void backward_impl(const T* grad_output, bool need_input_grad, bool consume = false);
   void step_impl();
   void set_optimizer_impl(OptimizerConfig opt);
   double clip_norm_impl(double max_norm, double norm_type, bool error_if_nonfinite);
@@ -314,8 +324,8 @@ class Network {
   std::uint64_t tape_version_ = 0;  // weights_version() when the tape was recorded
   std::uint64_t weights_version() const;
   void check_tape() const;  // backward's precondition: a tape, recorded with today's weights
-  Buffer<T> g0_, g1_, dx_;
-  Buffer<T> xb_, yfb_, xc_, yfc_, lossgrad_;
+  Buffer<T> g0_, g1_, dx_;  // gradients between layers (each sized as it is used), dL/dx
+  Buffer<T> yfb_, yfc_, lossgrad_;  // a minibatch's float targets (whole, or a BPTT chunk's)
   std::vector<std::int64_t> yib_, yic_, perm_;
   std::vector<T*> grad_ptrs_;
   std::vector<int> grad_exp_;  // per parameter, from grads_finite()

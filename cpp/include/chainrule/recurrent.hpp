@@ -26,24 +26,39 @@
 namespace chainrule {
 
 // What a recurrent layer keeps between forward and backward, and what it reports.
+//
+// Sequence-sized buffers: the layer reads its input x (B, T, I) where the network keeps it (one
+// segment at a time is gathered time-major into xseg), writes its output y (B, T, H) there a
+// segment at a time, and reads dL/dy where the network puts it; none of these is copied whole.
+// Beyond them it holds O(T) data only where BPTT needs it: with "all", every state and gate;
+// with num_layers > 1, the sequence between two stacked cells (the states themselves with
+// "all", a copy in Cell::out with "sqrt") and that sequence's gradient (dtm; with "sqrt" and
+// consume set, written over Cell::out instead). Everything else is one segment or one step.
 template <class T>
 struct RecurrentCache : LayerCache {
   // Set by the caller before forward:
   BpttMemory memory = BpttMemory::all;
   Buffer<T> h0, c0;  // (L, B, H) initial states; empty means zeros
+  // Set by the caller before backward: nothing reads the forward's results again (fit's step),
+  // so backward may write a stacked cell's input gradient over that input, the lower cell's
+  // output sequence, which "sqrt" keeps only for this backward. A second backward of the same
+  // forward needs consume = false.
+  bool consume = false;
   // Filled by forward:
   index_t B = 0, steps = 0;
   Buffer<T> hn, cn;  // (L, B, H) final states (cn for LSTM only)
   // Filled by backward (and emptied by the next forward):
   Buffer<T> dh0, dc0;             // (L, B, H) gradients w.r.t. the initial states
   std::vector<double> step_norms;  // (L, T): ||dL/dh_t|| over the batch, per stacked cell
-  std::size_t workspace_bytes = 0;  // states, gates, checkpoints and gate gradients held
+  // Bytes of every buffer above the step scratch that BPTT held (states, gates, checkpoints,
+  // segment scratch, gate gradients, and the stacked cells' sequences and their gradients); not
+  // the layer's input, output or their gradients, which the network holds.
+  std::size_t workspace_bytes = 0;
   std::size_t peak_workspace_bytes = 0;
 
   // Internal storage, per stacked cell k.
   struct Cell {
-    Buffer<T> x;      // (T, B, I_k) time-major input
-    Buffer<T> out;    // (T, B, H) time-major output (the next cell's input)
+    Buffer<T> out;    // sqrt, below the top cell: (T, B, H) time-major output (the next input)
     Buffer<T> hs;     // all: (T + 1, B, H) states, slot t holds h_{t-1}; sqrt: one per segment
     Buffer<T> cs;     // LSTM cell states, same layout as hs
     Buffer<T> gates;  // all: (T, B, G) gate activations; sqrt: unused
@@ -64,7 +79,10 @@ struct RecurrentCache : LayerCache {
   // with one slice of all hidden units (no barrier between steps); 1: slices of hidden units,
   // one phase per step.
   index_t row_groups = 1;
-  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, dgx, dgh, dh, dc, dtm, dtm2;
+  // Per segment: seg_* its states and gates (sqrt), gx / dgx / dgh its gate pre-activations and
+  // their gradients, xseg / dxseg its rows of x and dL/dx, time-major (S, B, I). dh, dc the
+  // gradients carried from step to step; dtm, dtm2 (T, B, H) a stacked cell's input gradient.
+  Buffer<T> seg_hs, seg_cs, seg_gates, seg_ghn, gx, dgx, dgh, xseg, dxseg, dh, dc, dtm, dtm2;
   std::vector<double> row_sq;  // (S, B): ||dL/dh_t||^2 per batch row, for step_norms
   BpttMemory allocated_for = BpttMemory::all;
 
@@ -72,8 +90,8 @@ struct RecurrentCache : LayerCache {
   void release_workspace() {
     cells.clear();
     slices.clear();
-    for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &dgx, &dgh, &dh, &dc, &dtm,
-                         &dtm2})
+    for (Buffer<T>* b : {&seg_hs, &seg_cs, &seg_gates, &seg_ghn, &gx, &dgx, &dgh, &xseg, &dxseg,
+                         &dh, &dc, &dtm, &dtm2})
       *b = Buffer<T>();
     peak_workspace_bytes = 0;
   }
