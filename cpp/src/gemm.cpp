@@ -552,7 +552,8 @@ void PackedB<T>::pack(bool trans_b, index_t K, index_t N, const T* B, index_t ld
   trans_ = trans_b;
   src_ = B;
   ld_ = ldb;
-  data_.resize_for_overwrite(checked_mul(round_up(N, uk.nr) + nc_, K));  // + nc_: edge padding per jc block
+  // nc_ is a multiple of NR, so only the last jc block has a partial micro-panel to pad.
+  data_.resize_for_overwrite(checked_mul(round_up(N, uk.nr), K));
   T* dst = data_.data();
   for (index_t jc = 0; jc < N; jc += nc_) {
     const index_t nb = std::min(nc_, N - jc);

@@ -88,6 +88,11 @@ void test_gemm_paths(const char* dtype) {
               set_num_threads(threads);
               PackedB<T> packed;
               packed.pack(tb, K, N, B.data(), ldb);
+              // op(B) and its last micro-panel's padding (NR <= 32), no more: the packed
+              // weights live as long as their layer.
+              check(packed.bytes() <= std::size_t((N + 31) / 32 * 32 * K) * sizeof(T) + 64,
+                    std::string("PackedB ") + dtype + " holds " + std::to_string(packed.bytes()) +
+                        " bytes for K=" + std::to_string(K) + " N=" + std::to_string(N));
               std::vector<T> Cp = C0;
               gemm_prepacked<T>(ta, M, T(0.5), A.data(), lda, packed, T(2), Cp.data(), N);
               check(Cp == C, std::string("gemm_prepacked ") + dtype + " " + isa + " threads=" +
