@@ -29,14 +29,16 @@ if "torch" in sys.modules and sys.modules["torch"] is None:
 
 @pytest.fixture(autouse=True)
 def restore_core_settings():
-    """Every test leaves the process as it found it: the ISA path, the thread count and the GEMM
-    block table (tests switch all three to reach every path)."""
+    """Every test leaves the process as it found it: the ISA path, the thread count, the GEMM
+    block table and its skinny-path setting (tests switch all four to reach every path)."""
     from chainrule import _core, get_num_threads, ops, set_num_threads
     isa, threads, blocking = ops.gemm_isa(), get_num_threads(), _core.gemm_get_blocking()
+    skinny = _core.gemm_get_skinny()
     yield
     ops.set_isa(isa)
     set_num_threads(threads)
     _core.gemm_set_blocking(*blocking)
+    _core.gemm_set_skinny(skinny)
 
 
 @pytest.fixture

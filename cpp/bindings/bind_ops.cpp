@@ -504,6 +504,11 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(b.mc, b.kc, b.nc);
       },
       "The GEMM cache block sizes (mc, kc, nc) in elements.");
+  m.def("gemm_set_skinny", &gemm_set_skinny,
+        "Which products take the skinny GEMM path: -1 the tuned rule (default), 0 none, w > 0 "
+        "every product with min(M, N) <= w (for tests; every choice gives the same bits).",
+        py::arg("max_side"));
+  m.def("gemm_get_skinny", &gemm_get_skinny, "The setting of gemm_set_skinny.");
   // Makes a rename in the folder durable. One call, so no interrupt can fall between opening
   // the folder and closing it (from Python, a Ctrl-C there leaked the descriptor).
   m.def("fsync_dir", [](const std::string& path) {

@@ -15,6 +15,7 @@
 #include "chainrule/gemm.hpp"
 #include "chainrule/threads.hpp"
 #include "gemm_internal.hpp"
+#include "gemm_skinny.hpp"
 
 namespace chainrule {
 
@@ -430,6 +431,8 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
     gemm_detail::scale_c(M, N, beta, C, ldc);
     return;
   }
+  // M or N of a few: vectors along the long side, no padded tile (gemm_skinny.cpp), same bits.
+  if (gemm_detail::gemm_skinny(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>(M);
   const GemmBlocking blk = gemm_get_blocking();
   // Threads split C along N into slabs of whole register tiles for wide products, each slab an

@@ -25,7 +25,8 @@
 #include <utility>
 #include <vector>
 
-#include "elementwise.hpp"  // internal: which elementwise table runs
+#include "elementwise.hpp"   // internal: which elementwise table runs
+#include "gemm_skinny.hpp"  // internal: the skinny path's rule
 
 using namespace chainrule;
 
@@ -775,6 +776,82 @@ void test_rng() {
   check(same && in_range, "Rng: same seed, same stream; below(n) < n");
 }
 
+// The skinny path (M or N a few, vectors along the other side) against the register-tile path
+// (gemm_set_skinny(0)): the same bits on every ISA path, for 1 and 2 threads, every transpose,
+// shrunk depth blocks (several per element), beta 0 with NaN in C, beta 1 and other scalars,
+// and leading dimensions wider than the rows. The portable path's kernel is skinny_ref, so
+// agreeing with the baseline run also checks each ISA kernel against its _ref twin.
+template <class T>
+void test_gemm_skinny_paths(const char* dtype) {
+  Rng rng(3);
+  const index_t shapes[][3] = {{1, 1, 1},    {1, 70, 45},  {2, 33, 20}, {3, 64, 130},
+                               {4, 17, 9},   {5, 100, 7},  {8, 31, 66}, {9, 40, 12},
+                               {16, 65, 33}, {17, 20, 5},  {1, 700, 400}, {3, 1500, 180}};
+  const GemmBlocking before = gemm_get_blocking();
+  const int threads = get_num_threads();
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int shrink = 0; shrink < 2; ++shrink) {
+    gemm_set_blocking(0, shrink ? 16 : 0, 0);
+    for (auto& s : shapes)
+      for (int flip = 0; flip < 2; ++flip)  // the short side as M, then as N
+        for (int ta = 0; ta < 2; ++ta)
+          for (int tb = 0; tb < 2; ++tb)
+            for (int sc = 0; sc < 3; ++sc) {
+              const index_t M = flip ? s[1] : s[0], N = flip ? s[0] : s[1], K = s[2];
+              const T alpha = sc == 2 ? T(-0.75) : T(1);
+              const T beta = sc == 0 ? T(0) : sc == 1 ? T(1) : T(1.5);
+              // Leading dimensions 3 wider than the stored rows.
+              const index_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 3;
+              auto A = random_vec<T>(rng, std::size_t((ta ? K : M) * lda));
+              auto B = random_vec<T>(rng, std::size_t((tb ? N : K) * ldb));
+              auto C0 = random_vec<T>(rng, std::size_t(M * ldc));
+              if (beta == T(0))
+                for (index_t i = 0; i < M; ++i)
+                  for (index_t j = 0; j < N; ++j) C0[std::size_t(i * ldc + j)] = nan;
+              const std::string where = std::string("skinny ") + dtype + " M=" + std::to_string(M) +
+                                        " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                                        " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
+                                        " scalars=" + std::to_string(sc) + (shrink ? " kc=16" : "");
+              gemm_set_isa("baseline");
+              set_num_threads(1);
+              gemm_set_skinny(0);
+              std::vector<T> want = C0;
+              gemm<T>(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+              for (const std::string& isa : gemm_supported_isas())
+                for (int nt = 1; nt <= 2; ++nt) {
+                  gemm_set_isa(isa);
+                  set_num_threads(nt);
+                  gemm_set_skinny(1 << 20);
+                  std::vector<T> got = C0;
+                  gemm<T>(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(),
+                          ldc);
+                  check(same_bits(got, want), where + " " + isa + " threads=" + std::to_string(nt));
+                }
+            }
+  }
+  gemm_set_skinny(-1);
+  gemm_set_blocking(before.mc, before.kc, before.nc);
+  set_num_threads(threads);
+  gemm_set_isa(gemm_supported_isas().back());
+}
+
+// The tuned rule sends the audit's one-wide products down the skinny path, on every ISA path
+// (the portable one too: its tile pads one column to 8 or 4), and square products to the tiles.
+void test_gemm_skinny_rule() {
+  for (const std::string& isa : gemm_supported_isas()) {
+    gemm_set_isa(isa);
+    for (int esize : {4, 8}) {
+      const std::string where = " on " + isa + ", " + std::to_string(esize) + "-byte elements";
+      check(gemm_detail::gemm_skinny_takes(32, 1, 100000, esize), "(32x1e5)(1e5x1) skinny" + where);
+      check(gemm_detail::gemm_skinny_takes(1, 32, 100000, esize), "(1x1e5)(1e5x32) skinny" + where);
+      check(gemm_detail::gemm_skinny_takes(100000, 1, 32, esize), "(1e5x32)(32x1) skinny" + where);
+      check(!gemm_detail::gemm_skinny_takes(64, 64, 64, esize), "(64x64)(64x64) tiles" + where);
+      check(!gemm_detail::gemm_skinny_takes(100000, 32, 1, esize), "(1e5x1)(1x32) tiles" + where);
+    }
+  }
+  gemm_set_isa(gemm_supported_isas().back());
+}
+
 // Dense's own paths (the small kernel, the GEMV for a few rows, row blocks over the pool) give
 // the packed GEMM's bits on every ISA path, thread count and block table.
 template <class T>
@@ -869,6 +946,9 @@ int main() {
   test_losses_and_dense();
   test_dense_paths_match_gemm<float>("f32");
   test_dense_paths_match_gemm<double>("f64");
+  test_gemm_skinny_paths<float>("f32");
+  test_gemm_skinny_paths<double>("f64");
+  test_gemm_skinny_rule();
   test_sgd_plain_rule();
   test_thread_pool();
   test_parallel_phases();

@@ -184,6 +184,11 @@ def gemm_set_blocking(mc: int, kc: int, nc: int) -> None:
     """Sets the GEMM cache block sizes (mc, kc, nc) in elements; 0 restores a default."""
 def gemm_get_blocking() -> Tuple[int, int, int]:
     """The GEMM cache block sizes (mc, kc, nc) in elements."""
+def gemm_set_skinny(max_side: int) -> None:
+    """Which products take the skinny GEMM path: -1 the tuned rule (default), 0 none, w > 0
+    every product with min(M, N) <= w (for tests; every choice gives the same bits)."""
+def gemm_get_skinny() -> int:
+    """The setting of gemm_set_skinny."""
 def gemm_isa() -> str:
     """The instruction-set path GEMM runs on."""
 def gemm_supported_isas() -> List[str]:

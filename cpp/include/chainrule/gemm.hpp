@@ -33,6 +33,13 @@ struct GemmBlocking {
 GemmBlocking gemm_get_blocking();
 void gemm_set_blocking(index_t mc, index_t kc, index_t nc);
 
+// Skinny products (M or N a few, gemm_skinny.cpp) skip the register tiles for a path that computes
+// no padding, with the same bits. Which ones: max_side < 0 (the default) the tuned rule; 0 none
+// (every product on the blocked tiles); w > 0 every product with min(M, N) <= w. For tests, which
+// compare the two paths and reach every edge of the skinny one.
+void gemm_set_skinny(index_t max_side);
+index_t gemm_get_skinny();
+
 // op(B) (K, N) packed once for many products with different A: a recurrent weight used by every
 // time step of a sequence. pack() copies B into the micro-panel layout of the current ISA path and
 // block sizes; gemm_prepacked then skips packing B. The source B must stay unchanged while the
