@@ -19,6 +19,7 @@
 #include "chainrule/gemm.hpp"
 #include "chainrule/threads.hpp"
 #include "elementwise.hpp"
+#include "gemm_skinny.hpp"
 
 #if CHAINRULE_X86_KERNELS
 #include <immintrin.h>
@@ -38,6 +39,14 @@ template <class T>
 void small_gemm(index_t M, index_t N, index_t K, T alpha, const T* A, index_t ars, index_t acs,
                 const T* B, index_t ldb, T beta, T* C, index_t ldc, const T* crow = nullptr);
 bool small_path_available();
+
+// Products the GEMM takes on its skinny path (M or N a few: gemm_skinny.cpp), which computes no
+// padding and splits the long side over the pool itself: they go to gemm() whole, rather than to
+// this path or the row blocks below, whose tiles have 8 rows and 16 or more columns (the weight
+// gradient of a one-feature layer, (32 x B)(B x 1), took 14x torch's time on them).
+bool skinny_product(index_t M, index_t N, index_t K, std::size_t elem_size) {
+  return gemm_detail::gemm_skinny_takes(M, N, K, int(elem_size));
+}
 
 // Products this path serves: up to ~64^3 multiply-adds (where a thread hand-off or packing costs
 // as much as the arithmetic), and thin ones (a few rows, columns or depth steps, as next to a
@@ -519,7 +528,7 @@ void gemm_rows_parallel(bool ta, bool tb, index_t M, index_t N, index_t K, T alp
                         index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc,
                         const T* bias = nullptr) {
   const int threads = get_num_threads();
-  if (threads <= 1 || M < 2 * rows_per_block(M, threads)) {
+  if (threads <= 1 || M < 2 * rows_per_block(M, threads) || skinny_product(M, N, K, sizeof(T))) {
     if (bias) broadcast_bias(C, bias, M, N);
     gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
@@ -576,8 +585,9 @@ void DenseWeightCache<T>::forward(T* y, const T* x, const T* W, const T* b, inde
                                   index_t O, std::uint64_t version) const {
   const bool few = B <= 4 && small_path_available();
   const bool small = !few && small_product(B, O, I);
-  // One output column, and small weights, as dense_forward (nothing worth keeping).
-  if (B <= 0 || O == 1 || I * O < 16384) {
+  // One output column, small weights, and skinny products past a few rows, as dense_forward
+  // (nothing worth keeping).
+  if (B <= 0 || O == 1 || I * O < 16384 || (B > 4 && skinny_product(B, O, I, sizeof(T)))) {
     dense_forward(y, x, W, b, B, I, O);
     return;
   }
@@ -673,7 +683,8 @@ void dense_forward(T* y, const T* x, const T* W, const T* b, index_t B, index_t 
   // (One output at any size: the GEMM would compute a whole 32-column tile for it, 32 times the
   // multiply-adds; 100,000 rows x 32 inputs took 8x torch's time.)
   const bool gemv = !few && O == 1 && small_path_available();
-  const bool small = !few && !gemv && small_product(B, O, I);
+  const bool small =
+      !few && !gemv && !skinny_product(B, O, I, sizeof(T)) && small_product(B, O, I);
   if (b && (few || gemv)) broadcast_bias(y, b, B, O);  // else in the products below
   // A few rows (single-sample predict): read W in place, through register transposes that bound
   // it below memory speed (a 1 x 1024 x 1024 float forward took 200 us on one core), so output
@@ -714,12 +725,16 @@ void dense_backward_impl(T* dx, T* dW, T* db, const T* dy, const T* x, const T* 
   check_dense_sizes("dense_backward", B, I, O);
   const T beta = accumulate ? T(1) : T(0);
   if (dx) {
-    if (small_product(B, I, O)) small_gemm_rows<T>(B, I, O, T(1), dy, O, 1, W, I, T(0), dx, I);
-    else gemm_rows_parallel<T>(false, false, B, I, O, T(1), dy, O, W, I, T(0), dx, I);
+    if (!skinny_product(B, I, O, sizeof(T)) && small_product(B, I, O))
+      small_gemm_rows<T>(B, I, O, T(1), dy, O, 1, W, I, T(0), dx, I);
+    else
+      gemm_rows_parallel<T>(false, false, B, I, O, T(1), dy, O, W, I, T(0), dx, I);
   }
   if (dW) {
-    if (small_product(O, I, B)) small_gemm_rows<T>(O, I, B, T(1), dy, 1, O, x, I, beta, dW, I);
-    else gemm_rows_parallel<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
+    if (!skinny_product(O, I, B, sizeof(T)) && small_product(O, I, B))
+      small_gemm_rows<T>(O, I, B, T(1), dy, 1, O, x, I, beta, dW, I);
+    else
+      gemm_rows_parallel<T>(true, false, O, I, B, T(1), dy, O, x, I, beta, dW, I);
   }
   if (db) {
     // Column slices over the pool above ~64 K elements; each db_o still adds the rows in order
