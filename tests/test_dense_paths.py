@@ -164,7 +164,7 @@ def test_dense_larger_products_same_bits_for_any_thread_count(dtype, threads, B,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("B,O", [(300, 500), (520, 333), (64, 4100), (2000, 1), (300, 10),
-                                 (7, 130)])
+                                 (7, 130), (3000, 32), (2100, 63)])
 def test_bias_broadcast_and_gradient_split_over_threads(dtype, threads, B, O):
     """Above ~64 K elements the bias rows of the forward and the bias gradient's column sums run
     on the pool; each db_o still adds dy's rows in order: the bits of a row-by-row sum."""

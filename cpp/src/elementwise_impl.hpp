@@ -621,26 +621,33 @@ int max_exponent(const T* x, idx n) {
   return int(m >> ExpBits<T>::kShift);
 }
 
-// Column blocks of 64 held in local accumulators (registers at AVX-512 width) while the rows
-// stream past; each column still adds its rows in order, whatever the block or vector width.
+// acc[c] += x[r * ldx + c] for the Width columns of one block, held in local accumulators
+// (registers at vector width) while the rows stream past; each column adds its rows in order.
+template <idx Width, class T>
+inline void col_block(T* acc, const T* x, idx rows, idx ldx) {
+  T a[Width];
+  for (idx j = 0; j < Width; ++j) a[j] = acc[j];
+  for (idx r = 0; r < rows; ++r) {
+    const T* xr = x + r * ldx;
+    for (idx j = 0; j < Width; ++j) a[j] += xr[j];
+  }
+  for (idx j = 0; j < Width; ++j) acc[j] = a[j];
+}
+
+// Column blocks of 64, then the last columns in blocks of 32, 16, ..., 1 (one running sum per
+// column read every row once per column: the bias gradient of a 32-output layer over 1e5 rows
+// took 3.5 ms, 4x the layer's GEMMs). Each column still adds its rows in order, whatever the
+// block or vector width.
 template <class T>
 void col_sums(T* acc, const T* x, idx rows, idx cols, idx ldx) {
-  constexpr idx kBlock = 64;
   idx c0 = 0;
-  for (; c0 + kBlock <= cols; c0 += kBlock) {
-    T a[kBlock];
-    for (idx j = 0; j < kBlock; ++j) a[j] = acc[c0 + j];
-    for (idx r = 0; r < rows; ++r) {
-      const T* xr = x + r * ldx + c0;
-      for (idx j = 0; j < kBlock; ++j) a[j] += xr[j];
-    }
-    for (idx j = 0; j < kBlock; ++j) acc[c0 + j] = a[j];
-  }
-  for (idx c = c0; c < cols; ++c) {  // the last columns: one running sum each
-    T a = acc[c];
-    for (idx r = 0; r < rows; ++r) a += x[r * ldx + c];
-    acc[c] = a;
-  }
+  for (; c0 + 64 <= cols; c0 += 64) col_block<64>(acc + c0, x + c0, rows, ldx);
+  if (cols - c0 >= 32) col_block<32>(acc + c0, x + c0, rows, ldx), c0 += 32;
+  if (cols - c0 >= 16) col_block<16>(acc + c0, x + c0, rows, ldx), c0 += 16;
+  if (cols - c0 >= 8) col_block<8>(acc + c0, x + c0, rows, ldx), c0 += 8;
+  if (cols - c0 >= 4) col_block<4>(acc + c0, x + c0, rows, ldx), c0 += 4;
+  if (cols - c0 >= 2) col_block<2>(acc + c0, x + c0, rows, ldx), c0 += 2;
+  if (cols - c0 >= 1) col_block<1>(acc + c0, x + c0, rows, ldx);
 }
 
 template <class T>
