@@ -22,8 +22,10 @@ SCALARS = [(1.0, 0.0), (1.0, 1.0), (-0.75, 1.5), (2.0, 0.0)]
 # The short side around its thresholds (4, 8, 16 and one past each), the long side around the
 # vector widths (4, 8, 16 lanes) and the 64-lane tiles, depths from one step to several blocks.
 SHORT = [1, 2, 3, 4, 5, 8, 9, 16, 17]
-SHAPES = ([(s, l, k) for s in SHORT for l, k in [(1, 1), (7, 5), (17, 40), (70, 3)]]
-          + [(s, 133, 37) for s in [1, 3, 8]] + [(2, 2, 2), (3, 3, 300), (1, 1, 1000)])
+SHAPES = ([(s, l, k) for s in SHORT for l, k in [(1, 1), (7, 5), (17, 40), (70, 3), (33, 1)]]
+          + [(s, 133, 37) for s in [1, 3, 8]] + [(2, 2, 2), (3, 3, 300), (1, 1, 1000)]
+          # the tuned rule's depth limits (64 for S <= 8, 256 for S <= 16) and one short of them
+          + [(8, 40, 63), (8, 40, 64), (9, 20, 255), (16, 20, 256)])
 TILE, SKINNY_ALL = 0, 1 << 20  # gemm_set_skinny: the tile path only; every product skinny
 
 
