@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <cstdio>
@@ -103,6 +104,44 @@ void test_gemm_paths(const char* dtype) {
         }
   }
   gemm_set_blocking(0, 0, 0);
+  gemm_set_isa(gemm_supported_isas().back());
+}
+
+// Every path rounds each float multiply-add once, as the FMA instructions do, also where rounding
+// a b + c to double first (a double-precision fma on float operands) and then to float differs:
+// a = A 2^-23 and b = M 2^-48 with A M = 2^47 + r, 0 < r < 2^18, put a b + 1 just above the float
+// midpoint 1 + 2^-24, within half a double ulp of it (tests/test_isa_fma.py builds more cases).
+void test_gemm_rounds_each_fma_once() {
+  std::int64_t A = (std::int64_t(1) << 23) + 1, M = 0;
+  for (;; ++A) {
+    M = ((std::int64_t(1) << 47) + A / 2) / A;
+    const std::int64_t r = A * M - (std::int64_t(1) << 47);
+    if (r > 0 && r < (std::int64_t(1) << 18) && M < (std::int64_t(1) << 24)) break;
+  }
+  const float a = std::ldexp(float(A), -23), b = std::ldexp(float(M), -48), c = 1.0f;
+  const float once = 1.0f + std::ldexp(1.0f, -23);
+  check(float(double(a) * double(b) + double(c)) == 1.0f,
+        "fma operands: rounding twice gives the midpoint's even neighbour");
+  for (const std::string& isa : gemm_supported_isas()) {
+    gemm_set_isa(isa);
+    // C (m, n) = [c a] [1; b] for every element: c 1, then fma(a, b, c). Tiles and edges of
+    // every path's kernels, and the pre-packed driver.
+    for (index_t m : {1, 3, 5, 9, 15, 20})
+      for (index_t n : {1, 9, 17, 33}) {
+        std::vector<float> Am, Bm(std::size_t(2 * n), 1.0f), C(std::size_t(m * n), -1.0f);
+        for (index_t i = 0; i < m; ++i) Am.insert(Am.end(), {c, a});
+        std::fill(Bm.begin() + n, Bm.end(), b);
+        gemm<float>(false, false, m, n, 2, 1.0f, Am.data(), 2, Bm.data(), n, 0.0f, C.data(), n);
+        const bool gemm_ok = std::all_of(C.begin(), C.end(), [&](float v) { return v == once; });
+        PackedB<float> packed;
+        packed.pack(false, 2, n, Bm.data(), n);
+        std::fill(C.begin(), C.end(), -1.0f);
+        gemm_prepacked<float>(false, m, 1.0f, Am.data(), 2, packed, 0.0f, C.data(), n);
+        const bool packed_ok = std::all_of(C.begin(), C.end(), [&](float v) { return v == once; });
+        check(gemm_ok && packed_ok, "gemm rounds a b + c once, " + isa + " m=" +
+                                        std::to_string(m) + " n=" + std::to_string(n));
+      }
+  }
   gemm_set_isa(gemm_supported_isas().back());
 }
 
@@ -940,6 +979,7 @@ void test_weight_writes_reach_predict() {
 int main() {
   test_gemm_paths<float>("f32");
   test_gemm_paths<double>("f64");
+  test_gemm_rounds_each_fma_once();
   test_elementwise_paths<float>("f32");
   test_elementwise_paths<double>("f64");
   test_activations();
