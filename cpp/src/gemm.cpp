@@ -71,12 +71,6 @@ namespace gemm_detail {
 // Zen 5, n = 512), while a 4-row tile wastes less on the small batches of training.
 namespace {
 
-// a b + c rounded once, in T, as the ISA kernels' FMA instructions round it. __builtin_fma is the
-// double function: on float operands it rounds the exact a b + c to double and then to float,
-// which differs from one rounding when that double lands exactly on a float midpoint (rare: an
-// a b far below c, one multiply-add in a whole training run; tests/test_isa_fma.py builds cases).
-inline float fused(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-inline double fused(double a, double b, double c) { return __builtin_fma(a, b, c); }
 
 template <class T, int MR, int NR>
 inline void ukernel_generic(index_t kc, T alpha, const T* __restrict a, const T* __restrict b,

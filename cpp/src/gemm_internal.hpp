@@ -14,6 +14,14 @@ namespace gemm_detail {
 // micro-panels of w rows: dst[(r / w) * w * depth + k * w + r % w] = X(r, k); the rows past
 // `rows` in the last panel are zeros. dst holds round_up(rows, w) * depth elements.
 // Either rs or cs is 1 for every operand the driver packs; both are handled as fast paths.
+// a b + c rounded once, in T, as the ISA kernels' FMA instructions round it: the portable
+// kernels' multiply-add. __builtin_fma is the double function: on float operands it rounds the
+// exact a b + c to double and then to float, which differs from one rounding when that double
+// lands exactly on a float midpoint (rare: an a b far below c, one multiply-add in a whole
+// training run; tests/test_isa_fma.py builds such cases).
+inline float fused(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline double fused(double a, double b, double c) { return __builtin_fma(a, b, c); }
+
 template <class T>
 void pack_panels(index_t w, index_t rows, index_t depth, const T* X, index_t rs, index_t cs,
                  T* dst);

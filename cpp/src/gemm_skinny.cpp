@@ -16,6 +16,7 @@
 #include "chainrule/gemm.hpp"
 #include "chainrule/tensor.hpp"
 #include "chainrule/threads.hpp"
+#include "gemm_internal.hpp"
 
 namespace chainrule {
 namespace gemm_detail {
@@ -39,7 +40,7 @@ void skinny_ref(idx S, idx L, idx kb, T alpha, const T* P, idx ps, idx pk, const
       const T* p = P + s * ps;
       const T* q = Q + l0 * ql;
       for (idx k = 0; k < kb; ++k, p += pk, q += qk)
-        for (idx j = 0; j < n; ++j) acc[j] = __builtin_fma(*p, q[j * ql], acc[j]);
+        for (idx j = 0; j < n; ++j) acc[j] = fused(*p, q[j * ql], acc[j]);
       T* c = C + s * cs + l0 * cl;
       for (idx j = 0; j < n; ++j)
         c[j * cl] = beta == T(0) ? alpha * acc[j] : alpha * acc[j] + beta * c[j * cl];
