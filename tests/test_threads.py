@@ -32,12 +32,13 @@ def test_tall_gemm_shared_b_panels_same_bits(dtype, trans_a, trans_b):
     """Tall products (more row tiles than column tiles) are split along M, the threads packing
     slices of one shared B panel per depth block. With small blocks there are several column,
     depth and row blocks; a panel with fewer micro-panels than threads (N = 20) leaves a thread
-    nothing to pack; M = 30 has fewer row tiles than 5 threads. Every path and thread count gives
+    nothing to pack; M = 30 has fewer row tiles than slabs. Every path and thread count gives
     the bits of one thread, and the values match float64."""
     from chainrule import _core
     rng = np.random.default_rng(5)
     _core.gemm_set_blocking(20, 9, 40)
-    for m, n, k in [(300, 70, 40), (157, 45, 100), (400, 20, 33), (30, 20, 500)]:
+    # each at least 2^22 multiply-adds, where tall products take the shared path
+    for m, n, k in [(400, 100, 110), (600, 45, 160), (2000, 20, 110), (30, 20, 7000)]:
         a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
         b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
         c0 = rng.standard_normal((m, n)).astype(dtype)

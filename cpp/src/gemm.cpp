@@ -436,14 +436,17 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
   if (gemm_detail::gemm_skinny(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   const gemm_detail::MicroKernel<T>& uk = gemm_detail::select_kernel<T>(M);
   const GemmBlocking blk = gemm_get_blocking();
-  // Threads split C along N into slabs of whole register tiles for wide products, each slab an
-  // independent blocked GEMM, and along M for tall ones, sharing the packed B panels. Every
-  // element still accumulates over k in the same depth blocks, so the result is the same bits
-  // for any thread count. Below ~64^3 multiply-adds a hand-off costs more than it saves.
+  // Threads split C into slabs of whole register tiles, along N for wide products and along M
+  // for tall ones, each slab an independent blocked GEMM; large tall ones share the packed B
+  // panels instead (gemm_shared_b). Every element still accumulates over k in the same depth
+  // blocks, so the result is the same bits for any thread count. Below ~64^3 multiply-adds a hand-off costs more than it saves.
   const int threads = get_num_threads();
   const double work = double(M) * double(N) * double(K);
   if (threads > 1 && work >= 262144.0 && (M >= 2 * uk.mr || N >= 2 * uk.nr)) {
-    if (N / uk.nr < M / uk.mr) {
+    // Tall products share the packed B panels from 2^22 multiply-adds (n ~ 160); below, the
+    // extra phase and the small slabs cost more than one pass of packing B per thread (n = 64
+    // measured 0.93x NumPy shared against 1.6x with a slab per thread).
+    if (N / uk.nr < M / uk.mr && work >= 4194304.0) {
       const index_t tiles = (M + uk.mr - 1) / uk.mr;
       // Four row slabs per thread, claimed as threads come free: a thread slowed by another
       // process (a shared machine) hands its remaining slabs to the others.
@@ -452,14 +455,20 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
                                  ldc);
       return;
     }
-    const index_t tiles = (N + uk.nr - 1) / uk.nr;
+    const bool split_n = N / uk.nr >= M / uk.mr;
+    const index_t tile = split_n ? uk.nr : uk.mr, total = split_n ? N : M;
+    const index_t tiles = (total + tile - 1) / tile;
     const index_t parts = std::min<index_t>(threads, tiles);
-    const index_t per = (tiles + parts - 1) / parts * uk.nr;
-    const int tasks = int((N + per - 1) / per);
+    const index_t per = (tiles + parts - 1) / parts * tile;
+    const int tasks = int((total + per - 1) / per);
     parallel_for(tasks, [&](int t) {
-      const index_t lo = index_t(t) * per, len = std::min(per, N - lo);
-      gemm_detail::gemm_blocked(uk, blk, ta, tb, M, len, K, alpha, A, lda,
-                                tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+      const index_t lo = index_t(t) * per, len = std::min(per, total - lo);
+      if (split_n)
+        gemm_detail::gemm_blocked(uk, blk, ta, tb, M, len, K, alpha, A, lda,
+                                  tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+      else
+        gemm_detail::gemm_blocked(uk, blk, ta, tb, len, N, K, alpha, ta ? A + lo : A + lo * lda,
+                                  lda, B, ldb, beta, C + lo * ldc, ldc);
     });
     return;
   }
