@@ -5,8 +5,8 @@
 // every thread count and every ISA path.
 #include <algorithm>
 #include <atomic>
-#include <limits>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -70,7 +70,6 @@ namespace gemm_detail {
 // spill accumulators to the stack and measured no faster (about 33 GFLOP/s float and 15 double on
 // Zen 5, n = 512), while a 4-row tile wastes less on the small batches of training.
 namespace {
-
 
 template <class T, int MR, int NR>
 inline void ukernel_generic(index_t kc, T alpha, const T* __restrict a, const T* __restrict b,
@@ -356,9 +355,10 @@ void gemm_blocked(const MicroKernel<T>& uk, const GemmBlocking& blk, bool ta, bo
 // A tall product in `parts` row slabs that share one packed B panel (BLIS's ic-loop
 // parallelism): for each (jc, pc) block, one phase in which each part packs a slice of the
 // panel's NR-wide micro-panels, then one in which each multiplies its own rows of A (whole MR
-// tiles) by the whole panel; parallel_phases runs the parts on the pool's threads. Splitting M with a panel per thread (gemm_blocked on each slab) would pack all of
-// op(B) once per thread and keep one 8 MiB (float) panel per thread in L3. Each element of C is
-// computed exactly as gemm_blocked computes it: the same kernel, depth blocks and beta_k.
+// tiles) by the whole panel; parallel_phases runs the parts on the pool's threads. Splitting M
+// with a panel per thread (gemm_blocked on each slab) packs all of op(B) once per thread and
+// keeps one 8 MiB (float) panel per thread in L3. Each element of C is computed exactly as
+// gemm_blocked computes it: the same kernel, depth blocks and beta_k.
 template <class T>
 void gemm_shared_b(const MicroKernel<T>& uk, const GemmBlocking& blk, int parts, bool ta, bool tb,
                    index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda, const T* B,
@@ -439,7 +439,8 @@ void gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A
   // Threads split C into slabs of whole register tiles, along N for wide products and along M
   // for tall ones, each slab an independent blocked GEMM; large tall ones share the packed B
   // panels instead (gemm_shared_b). Every element still accumulates over k in the same depth
-  // blocks, so the result is the same bits for any thread count. Below ~64^3 multiply-adds a hand-off costs more than it saves.
+  // blocks, so the result is the same bits for any thread count. Below ~64^3 multiply-adds a
+  // hand-off costs more than it saves.
   const int threads = get_num_threads();
   const double work = double(M) * double(N) * double(K);
   if (threads > 1 && work >= 262144.0 && (M >= 2 * uk.mr || N >= 2 * uk.nr)) {
