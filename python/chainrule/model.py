@@ -751,9 +751,10 @@ class Model:
         steps and one segment's states and gates), one segment's scratch and gate gradients,
         and with ``num_layers > 1`` the (T, batch, hidden) sequence between each two stacked
         cells ("all" among its states, "sqrt" as a copy) and that sequence's gradient (which
-        fit, in "sqrt", writes over the copy). Not counted, as they are the model's data rather than BPTT's: the
-        layer's input, its output and their gradients, one buffer each at most (fit writes the
-        output's gradient over the output, and reads the input where the layer below left it).
+        fit, in "sqrt", writes over the copy). Not counted, as they are the model's data rather
+        than BPTT's: the layer's input, its output and their gradients, one buffer each at most
+        (fit writes the output's gradient over the output, and reads the input where the layer
+        below left it).
         """
         _, info = self._recurrent_info(layer)
         return {k: info[k] for k in ("workspace_bytes", "peak_workspace_bytes", "memory")}
